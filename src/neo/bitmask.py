@@ -1,0 +1,56 @@
+"""Token bitmask helpers, in the packed int32 format xgrammar, llguidance and vLLM use.
+
+A bitmask has shape ``(rows, ceil(vocab_size / 32))`` and dtype int32; bit ``j`` of word ``w`` is
+token ``32 * w + j``, 1 = allowed. So masks from neo plug into their apply kernels and theirs into
+ours. The apply itself lives in ``neo.kernels`` (Triton on CUDA, the torch reference elsewhere).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["get_bitmask_shape", "allocate_token_bitmask", "apply_token_bitmask_inplace", "bitmask_to_bool"]
+
+
+def get_bitmask_shape(batch_size: int, vocab_size: int) -> tuple[int, int]:
+    """``(batch_size, ceil(vocab_size / 32))``."""
+    if batch_size < 0 or vocab_size <= 0:
+        raise ValueError(f"need batch_size >= 0 and vocab_size > 0, got {batch_size}, {vocab_size}")
+    return (int(batch_size), (int(vocab_size) + 31) // 32)
+
+
+def allocate_token_bitmask(batch_size: int, vocab_size: int, *, device: str | torch.device = "cpu",
+                           pin_memory: bool = False) -> torch.Tensor:
+    """An int32 bitmask of shape :func:`get_bitmask_shape`, all tokens allowed (every word -1)."""
+    shape = get_bitmask_shape(batch_size, vocab_size)
+    return torch.full(shape, -1, dtype=torch.int32, device=device, pin_memory=pin_memory)
+
+
+def apply_token_bitmask_inplace(logits: torch.Tensor, bitmask: torch.Tensor, indices: Any = None,
+                                *, backend: str = "auto") -> None:
+    """Set disallowed logits to ``-inf`` in place.
+
+    Parameters
+    ----------
+    logits : float tensor (batch, vocab) (fp32/fp16/bf16; row stride may exceed vocab)
+    bitmask : int32 tensor (rows, ceil(vocab/32)); with ``indices``, bitmask row i applies to
+        logits row ``indices[i]``, otherwise row i to row i. Logits columns beyond the mask are
+        disallowed; mask words beyond the logits are ignored.
+    indices : int sequence or tensor, optional
+    backend : {"auto", "triton", "torch"}
+        ``auto`` uses Triton on CUDA tensors and the torch reference otherwise.
+    """
+    from .kernels import apply_token_bitmask_inplace as _apply
+
+    _apply(logits, bitmask, indices=indices, backend=backend)
+
+
+def bitmask_to_bool(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Unpack to a bool tensor ``(rows, vocab_size)`` (True = allowed); for tests and debugging."""
+    if bitmask.dtype != torch.int32:
+        raise TypeError(f"bitmask must be int32, got {bitmask.dtype}")
+    bits = torch.arange(32, device=bitmask.device, dtype=torch.int32)
+    unpacked = ((bitmask.unsqueeze(-1) >> bits) & 1).bool().reshape(bitmask.shape[0], -1)
+    return unpacked[:, :vocab_size]

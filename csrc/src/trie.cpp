@@ -310,17 +310,49 @@ void SidIndex::finalize() {
     for (int32_t item : types_[t].leaf_item) max_item = std::max<int64_t>(max_item, item);
   }
   if (leaf_offset_.back() >= (int64_t{1} << 31)) throw InvalidArgument("more than 2^31 items are not supported");
-  item_to_leaf_.assign(static_cast<size_t>(max_item + 1), -1);
-  for (size_t t = 0; t < types_.size(); ++t) {
-    const TypeTrie& tt = types_[t];
-    for (int64_t j = 0; j < tt.num_leaves(); ++j) {
-      int32_t item = tt.leaf_item[j];
-      if (item < 0) throw InvalidArgument("negative item row " + std::to_string(item));
-      if (item_to_leaf_[item] >= 0)
-        throw InvalidArgument("item row " + std::to_string(item) + " has more than one SID (item rows must be unique across types)");
-      item_to_leaf_[item] = static_cast<int32_t>(leaf_offset_[t] + j);
+  const int64_t n = leaf_offset_.back();
+  auto dup_error = [](int64_t item) {
+    return InvalidArgument("item row " + std::to_string(item) + " has more than one SID (item rows must be unique across types)");
+  };
+  if (max_item < 2 * n + 1024) {
+    item_to_leaf_.assign(static_cast<size_t>(max_item + 1), -1);
+    for (size_t t = 0; t < types_.size(); ++t) {
+      const TypeTrie& tt = types_[t];
+      for (int64_t j = 0; j < tt.num_leaves(); ++j) {
+        int32_t item = tt.leaf_item[j];
+        if (item < 0) throw InvalidArgument("negative item row " + std::to_string(item));
+        if (item_to_leaf_[item] >= 0) throw dup_error(item);
+        item_to_leaf_[item] = static_cast<int32_t>(leaf_offset_[t] + j);
+      }
     }
+    return;
   }
+  std::vector<std::pair<int32_t, int32_t>> pairs;
+  pairs.reserve(static_cast<size_t>(n));
+  for (size_t t = 0; t < types_.size(); ++t)
+    for (int64_t j = 0; j < types_[t].num_leaves(); ++j) {
+      int32_t item = types_[t].leaf_item[j];
+      if (item < 0) throw InvalidArgument("negative item row " + std::to_string(item));
+      pairs.push_back({item, static_cast<int32_t>(leaf_offset_[t] + j)});
+    }
+  std::sort(pairs.begin(), pairs.end());
+  sparse_items_.resize(pairs.size());
+  sparse_leaves_.resize(pairs.size());
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    if (i && pairs[i].first == pairs[i - 1].first) throw dup_error(pairs[i].first);
+    sparse_items_[i] = pairs[i].first;
+    sparse_leaves_[i] = pairs[i].second;
+  }
+}
+
+int64_t SidIndex::leaf_of_item(int64_t item_row) const {
+  if (item_row < 0) return -1;
+  if (sparse_items_.empty())
+    return item_row < static_cast<int64_t>(item_to_leaf_.size()) ? item_to_leaf_[item_row] : -1;
+  if (item_row > INT32_MAX) return -1;
+  auto it = std::lower_bound(sparse_items_.begin(), sparse_items_.end(), static_cast<int32_t>(item_row));
+  if (it == sparse_items_.end() || *it != item_row) return -1;
+  return sparse_leaves_[it - sparse_items_.begin()];
 }
 
 int64_t SidIndex::num_items() const { return leaf_offset_.empty() ? 0 : leaf_offset_.back(); }
@@ -331,7 +363,7 @@ int32_t SidIndex::type_of_global_leaf(int64_t leaf) const {
 }
 
 int64_t SidIndex::memory_bytes() const {
-  int64_t b = static_cast<int64_t>(item_to_leaf_.size() * sizeof(int32_t));
+  int64_t b = static_cast<int64_t>((item_to_leaf_.size() + sparse_items_.size() + sparse_leaves_.size()) * sizeof(int32_t));
   for (const auto& tt : types_)
     b += int64_t(tt.child_begin.size() * 4 + tt.code.size() * 2 + tt.leaf_item.size() * 4 + tt.depth_begin.size() * 8);
   return b;

@@ -130,7 +130,8 @@ class SidIndex:
             unknown = set(values) - set(layout.type_names)
             if unknown:
                 raise ValueError(f"{what}: unknown item type(s) {sorted(unknown)}; layout types: {layout.type_names}")
-            return [values.get(t.name, np.zeros((0, t.levels), np.int32)) for t in layout.types]
+            empty = (lambda t: np.zeros((0, t.levels), np.int32)) if what == "sid_tokens" else (lambda t: np.zeros(0, np.int32))
+            return [values[t.name] if t.name in values else empty(t) for t in layout.types]
         values = list(values)
         if len(values) != layout.num_types:
             raise ValueError(f"{what}: got {len(values)} arrays for {layout.num_types} item types")

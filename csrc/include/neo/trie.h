@@ -83,9 +83,7 @@ class SidIndex {
   std::vector<LevelStats> level_stats() const;
 
   // Item row -> global leaf id (type_leaf_offset(t) + local leaf), or -1.
-  int64_t leaf_of_item(int64_t item_row) const {
-    return (item_row >= 0 && item_row < static_cast<int64_t>(item_to_leaf_.size())) ? item_to_leaf_[item_row] : -1;
-  }
+  int64_t leaf_of_item(int64_t item_row) const;
   int64_t type_leaf_offset(int32_t t) const { return leaf_offset_[t]; }
   int32_t type_of_global_leaf(int64_t leaf) const;
 
@@ -104,7 +102,10 @@ class SidIndex {
   LayoutSpec layout_;
   std::vector<TypeTrie> types_;
   std::vector<int64_t> leaf_offset_;
+  // Item row -> global leaf: a dense table when item rows are dense, else (item, leaf) pairs
+  // sorted by item (binary search), so sparse catalog rows cost 8 bytes per item, not per row.
   std::vector<int32_t> item_to_leaf_;
+  std::vector<int32_t> sparse_items_, sparse_leaves_;
   std::vector<std::shared_ptr<void>> storage_;  // owners of the array memory
   int64_t file_bytes_ = 0;
 };

@@ -44,6 +44,10 @@ py::array_t<int64_t> as_int64(const py::handle& obj, const char* what, int ndim)
 }
 
 py::array_t<int32_t> as_int32_checked(const py::handle& obj, const char* what, int ndim) {
+  if (py::isinstance<py::array_t<int32_t>>(obj)) {  // already int32: no copy, no range check needed
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    if ((a.flags() & py::array::c_style) && (ndim < 0 || a.ndim() == ndim)) return py::reinterpret_borrow<py::array_t<int32_t>>(obj);
+  }
   auto a64 = as_int64(obj, what, ndim);
   const int64_t* p = a64.data();
   for (py::ssize_t i = 0; i < a64.size(); ++i)

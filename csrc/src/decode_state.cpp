@@ -8,7 +8,9 @@
 namespace neo {
 namespace {
 
-constexpr int64_t kParallelMinRows = 64;  // below this, thread hand-off costs more than it saves
+// Below this many rows a step's work (~0.2-0.7 us per row) is smaller than waking a worker on a
+// busy machine, which costs tens of microseconds and wrecks the p99 (see BENCHMARKS.md).
+constexpr int64_t kParallelMinRows = 512;
 
 inline void set_bit(int32_t* out, int32_t tok, int32_t* lo, int32_t* hi) {
   const int32_t w = tok >> 5;

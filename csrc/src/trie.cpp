@@ -79,6 +79,27 @@ void radix_sort_pairs(std::vector<uint64_t>& keys, std::vector<uint32_t>& idx, i
   }
 }
 
+// LSD radix sort of words by bits [lo, lo + bits), 11 bits per pass (2048 counters stay in L1).
+void radix_sort_words(std::vector<uint64_t>& words, int lo, int bits) {
+  const size_t n = words.size();
+  std::vector<uint64_t> tmp(n);
+  constexpr int kDigit = 11;
+  constexpr size_t kBuckets = size_t{1} << kDigit;
+  std::vector<size_t> count(kBuckets);
+  for (int shift = lo; shift < lo + bits; shift += kDigit) {
+    std::fill(count.begin(), count.end(), 0);
+    for (size_t i = 0; i < n; ++i) ++count[(words[i] >> shift) & (kBuckets - 1)];
+    size_t sum = 0;
+    for (auto& c : count) {
+      size_t c0 = c;
+      c = sum;
+      sum += c0;
+    }
+    for (size_t i = 0; i < n; ++i) tmp[count[(words[i] >> shift) & (kBuckets - 1)]++] = words[i];
+    words.swap(tmp);
+  }
+}
+
 struct Reader {
   const uint8_t* p;
   size_t n, off = 0;
@@ -200,70 +221,96 @@ std::shared_ptr<SidIndex> SidIndex::build(const LayoutSpec& layout, const std::v
     tt.band_start = bands.band_start;
     tt.band_size = bands.band_size;
 
-    // 1. tokens -> codes, with the row/level of the first bad token in the error.
-    std::vector<uint16_t> codes(static_cast<size_t>(N) * L);
-    for (int64_t i = 0; i < N; ++i) {
-      for (int32_t l = 0; l < L; ++l) {
-        int64_t tok = in.tokens[i * L + l];
-        int64_t c = tok - bands.band_start[l];
-        if (c < 0 || c >= bands.band_size[l])
-          throw InvalidArgument(fmt_type(int32_t(t)) + ": token " + std::to_string(tok) + " at row " + std::to_string(i) +
-                                ", level " + std::to_string(l) + " is outside that level's band [" +
-                                std::to_string(bands.band_start[l]) + ", " +
-                                std::to_string(int64_t(bands.band_start[l]) + bands.band_size[l]) + ")");
-        codes[i * L + l] = static_cast<uint16_t>(c);
-      }
-      if (in.item_rows[i] < 0)
-        throw InvalidArgument(fmt_type(int32_t(t)) + ": item row " + std::to_string(in.item_rows[i]) + " at row " +
-                              std::to_string(i) + " is negative");
-    }
-
-    // 2. sort item indices lexicographically by code path.
-    std::vector<uint32_t> order(static_cast<size_t>(N));
-    std::iota(order.begin(), order.end(), 0u);
+    // Per level: where its code sits in a packed key (level 0 most significant).
     int total_bits = 0;
     std::vector<int> shift(L);
+    std::vector<uint64_t> mask(L);
     for (int32_t l = L - 1; l >= 0; --l) {
       shift[l] = total_bits;
+      mask[l] = (uint64_t{1} << bits_for(bands.band_size[l])) - 1;
       total_bits += bits_for(bands.band_size[l]);
     }
-    if (total_bits <= 64) {
-      std::vector<uint64_t> keys(static_cast<size_t>(N));
+    auto bad_token = [&](int64_t i, int32_t l) {
+      const int64_t tok = in.tokens[i * L + l];
+      return InvalidArgument(fmt_type(int32_t(t)) + ": token " + std::to_string(tok) + " at row " + std::to_string(i) + ", level " +
+                             std::to_string(l) + " is outside that level's band [" + std::to_string(bands.band_start[l]) + ", " +
+                             std::to_string(int64_t(bands.band_start[l]) + bands.band_size[l]) + ")");
+    };
+    for (int64_t i = 0; i < N; ++i)
+      if (in.item_rows[i] < 0)
+        throw InvalidArgument(fmt_type(int32_t(t)) + ": item row " + std::to_string(in.item_rows[i]) + " at row " + std::to_string(i) +
+                              " is negative");
+
+    // 1-2. validate tokens and sort the items lexicographically by code path. Common case (paths
+    // of <= 32 bits, e.g. 4 x 256 codes): one word per item holds (path, input index), so the
+    // sort and the pass below stream through memory instead of chasing a permutation.
+    const bool packed_path = total_bits <= 32;
+    std::vector<uint64_t> packed;
+    std::vector<uint16_t> codes;
+    std::vector<uint32_t> order;
+    if (packed_path) {
+      packed.resize(static_cast<size_t>(N));
       for (int64_t i = 0; i < N; ++i) {
         uint64_t k = 0;
-        for (int32_t l = 0; l < L; ++l) k |= uint64_t(codes[i * L + l]) << shift[l];
-        keys[i] = k;
+        for (int32_t l = 0; l < L; ++l) {
+          const uint64_t c = uint64_t(int64_t(in.tokens[i * L + l]) - bands.band_start[l]);
+          if (c >= uint64_t(bands.band_size[l])) throw bad_token(i, l);
+          k |= c << shift[l];
+        }
+        packed[i] = (k << 32) | uint64_t(i);
       }
-      radix_sort_pairs(keys, order, total_bits);
+      radix_sort_words(packed, 32, total_bits);
     } else {
-      std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
-        return std::lexicographical_compare(&codes[size_t(a) * L], &codes[size_t(a) * L + L], &codes[size_t(b) * L],
-                                            &codes[size_t(b) * L + L]);
-      });
+      codes.resize(static_cast<size_t>(N) * L);
+      for (int64_t i = 0; i < N; ++i)
+        for (int32_t l = 0; l < L; ++l) {
+          const uint64_t c = uint64_t(int64_t(in.tokens[i * L + l]) - bands.band_start[l]);
+          if (c >= uint64_t(bands.band_size[l])) throw bad_token(i, l);
+          codes[i * L + l] = static_cast<uint16_t>(c);
+        }
+      order.resize(static_cast<size_t>(N));
+      std::iota(order.begin(), order.end(), 0u);
+      if (total_bits <= 64) {
+        std::vector<uint64_t> keys(static_cast<size_t>(N));
+        for (int64_t i = 0; i < N; ++i) {
+          uint64_t k = 0;
+          for (int32_t l = 0; l < L; ++l) k |= uint64_t(codes[i * L + l]) << shift[l];
+          keys[i] = k;
+        }
+        radix_sort_pairs(keys, order, total_bits);
+      } else {
+        std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+          return std::lexicographical_compare(&codes[size_t(a) * L], &codes[size_t(a) * L + L], &codes[size_t(b) * L],
+                                              &codes[size_t(b) * L + L]);
+        });
+      }
     }
+    auto index_at = [&](int64_t s) -> uint32_t { return packed_path ? static_cast<uint32_t>(packed[s]) : order[s]; };
+    auto code_at = [&](int64_t s, int32_t l) -> uint16_t {
+      return packed_path ? static_cast<uint16_t>((packed[s] >> (32 + shift[l])) & mask[l]) : codes[size_t(order[s]) * L + l];
+    };
 
     // 3. one pass: nodes are born where the code path first differs from the previous item's.
     std::vector<std::vector<uint16_t>> depth_codes(L + 1);
     std::vector<std::vector<uint32_t>> depth_nchild(L);  // child counts of internal nodes per depth
+    depth_codes[L].reserve(static_cast<size_t>(N));
     depth_codes[0].push_back(0);
     depth_nchild[0].push_back(0);
     int64_t dup_count = 0;
     std::string dup_example;
     for (int64_t s = 0; s < N; ++s) {
-      const uint16_t* cur = &codes[size_t(order[s]) * L];
       int32_t lcp = 0;
       if (s > 0) {
-        const uint16_t* prev = &codes[size_t(order[s - 1]) * L];
-        while (lcp < L && cur[lcp] == prev[lcp]) ++lcp;
+        while (lcp < L && code_at(s, lcp) == code_at(s - 1, lcp)) ++lcp;
         if (lcp == L) {
           if (dup_count++ == 0)
-            dup_example = "rows " + std::to_string(std::min(order[s - 1], order[s])) + " and " +
-                          std::to_string(std::max(order[s - 1], order[s]));
+            dup_example = "rows " + std::to_string(std::min(index_at(s - 1), index_at(s))) + " and " +
+                          std::to_string(std::max(index_at(s - 1), index_at(s)));
           continue;
         }
       }
       for (int32_t d = lcp + 1; d <= L; ++d) {
-        depth_codes[d].push_back(cur[d - 1]);
+        depth_codes[d].push_back(code_at(s, d - 1));
         depth_nchild[d - 1].back() += 1;
         if (d < L) depth_nchild[d].push_back(0);
       }
@@ -291,7 +338,7 @@ std::shared_ptr<SidIndex> SidIndex::build(const LayoutSpec& layout, const std::v
       }
     child_arr.push_back(next);
     std::vector<int32_t> leaf_arr(static_cast<size_t>(N));
-    for (int64_t s = 0; s < N; ++s) leaf_arr[s] = in.item_rows[order[s]];
+    for (int64_t s = 0; s < N; ++s) leaf_arr[s] = in.item_rows[index_at(s)];
 
     index->storage_.push_back(own_vector(std::move(code_arr), &tt.code));
     index->storage_.push_back(own_vector(std::move(child_arr), &tt.child_begin));

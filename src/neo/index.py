@@ -254,7 +254,7 @@ class DecodeState:
     separator_token_ids : iterable of int
         Text tokens allowed between spans in the ``ids`` format (e.g. ``","`` or newline).
     num_threads : int
-        0 = all cores for batches of 64+ rows, 1 = single-threaded.
+        0 = all cores for batches of 512+ rows, 1 = single-threaded.
 
     Per-row options (:meth:`set_row_options`): output format, allowed item types, excluded items,
     allow-list, whether items emitted in this answer are excluded from the rest of it, and an item

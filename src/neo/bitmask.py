@@ -29,22 +29,25 @@ def allocate_token_bitmask(batch_size: int, vocab_size: int, *, device: str | to
 
 
 def apply_token_bitmask_inplace(logits: torch.Tensor, bitmask: torch.Tensor, indices: Any = None,
-                                *, backend: str = "auto") -> None:
+                                *, vocab_size: int | None = None, backend: str = "auto") -> None:
     """Set disallowed logits to ``-inf`` in place.
 
     Parameters
     ----------
-    logits : float tensor (batch, vocab) (fp32/fp16/bf16; row stride may exceed vocab)
-    bitmask : int32 tensor (rows, ceil(vocab/32)); with ``indices``, bitmask row i applies to
-        logits row ``indices[i]``, otherwise row i to row i. Logits columns beyond the mask are
-        disallowed; mask words beyond the logits are ignored.
+    logits : float tensor (batch, V) or (V,) (fp32/fp16/bf16; row stride may exceed V)
+    bitmask : int32 tensor (batch, ceil(V/32)) on the logits' device
     indices : int sequence or tensor, optional
+        Only these rows; as in xgrammar, bitmask row ``indices[i]`` applies to logits row
+        ``indices[i]``, so neo's and xgrammar's masks are interchangeable.
+    vocab_size : int, optional
+        Columns at or past it are left alone (xgrammar's behaviour for padded logits); by default
+        columns past ``32 * bitmask.shape[1]`` are disallowed and mask words past V are ignored.
     backend : {"auto", "triton", "torch"}
         ``auto`` uses Triton on CUDA tensors and the torch reference otherwise.
     """
     from .kernels import apply_token_bitmask_inplace as _apply
 
-    _apply(logits, bitmask, indices=indices, backend=backend)
+    _apply(logits, bitmask, indices=indices, vocab_size=vocab_size, backend=backend)
 
 
 def bitmask_to_bool(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -7,6 +7,23 @@ Core objects (C++ backed): :class:`SidIndex` (prefix trie over a catalog's seman
 from .bitmask import allocate_token_bitmask, apply_token_bitmask_inplace, bitmask_to_bool, get_bitmask_shape
 from .index import DecodeState, IndexFormatError, RowStatus, SidIndex
 from .layout import TokenLayout, TypeBands
+from .catalog import Catalog, CatalogError, Item, LoadReport
+from .embeddings import (
+    Embedder,
+    HFEmbedder,
+    PrecomputedEmbedder,
+    SentenceTransformerEmbedder,
+    TfidfSvdEmbedder,
+    embed_catalog,
+    get_embedder,
+)
+from .sids import SemanticIds, SidReport, build_sids
+from .vocab import SidVocab, VocabMismatchError
+from .model import adapt_model, check_model, embeddings_tied
+from .prompts import TASKS, TEMPLATES, Prompt, PromptBuilder, PromptError
+from .processor import SidLogitsProcessor, SidMasker
+from .generation import GenerationOutput, ItemRef, describe_user, generate, parse_output, recommend, search, topk_items
+from .system import NeoSystem, sids_hash
 
 __version__ = "0.1.0"
 
@@ -21,4 +38,40 @@ __all__ = [
     "allocate_token_bitmask",
     "apply_token_bitmask_inplace",
     "bitmask_to_bool",
+    "Catalog",
+    "CatalogError",
+    "Item",
+    "LoadReport",
+    "Embedder",
+    "TfidfSvdEmbedder",
+    "HFEmbedder",
+    "SentenceTransformerEmbedder",
+    "PrecomputedEmbedder",
+    "get_embedder",
+    "embed_catalog",
+    "SemanticIds",
+    "SidReport",
+    "build_sids",
+    "SidVocab",
+    "VocabMismatchError",
+    "adapt_model",
+    "check_model",
+    "embeddings_tied",
+    "Prompt",
+    "PromptBuilder",
+    "PromptError",
+    "TASKS",
+    "TEMPLATES",
+    "SidLogitsProcessor",
+    "SidMasker",
+    "generate",
+    "topk_items",
+    "recommend",
+    "search",
+    "describe_user",
+    "parse_output",
+    "ItemRef",
+    "GenerationOutput",
+    "NeoSystem",
+    "sids_hash",
 ]

@@ -1,0 +1,412 @@
+"""Constrained decoding for ``model.generate``: :class:`SidLogitsProcessor`, and the shared masker.
+
+:class:`SidMasker` owns a :class:`~neo.index.DecodeState` and its bitmask, and applies the mask to
+logits *structurally* instead of touching the whole vocabulary:
+
+* a row in free text (``mixed``/``text`` format) may use every token outside the SID block, so only
+  the columns from the SID block on are masked (about ``num_sid_tokens`` columns, not ``V``);
+* any other row (inside a span, ``ids`` format, finished) allows, outside the SID block, only a
+  small fixed set (EOS, separators, or nothing): those rows are filled with ``-inf`` and the few
+  allowed logits restored.
+
+So the packed bitmask never has to be unpacked over the full vocabulary, and on a GPU only the
+SID-block words are copied to the device. The result is bit-identical to applying the full bitmask
+(the tests check this).
+
+:class:`SidLogitsProcessor` derives each row's state from the generated tokens themselves: it keeps
+the generated tokens of every row from the previous call, finds each new row's parent as the previous
+row whose tokens equal the new row's prefix (a 64-bit rolling hash, verified exactly), then
+``DecodeState.reorder(parents)`` and ``advance(last tokens)``. That is right for greedy search,
+sampling, beam search (which reorders rows every step) and ``num_return_sequences`` alike, without
+access to the beam indices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from transformers import LogitsProcessor
+
+from .bitmask import allocate_token_bitmask
+from .index import DecodeState, RowStatus, SidIndex
+
+__all__ = ["SidMasker", "SidLogitsProcessor", "FORMATS"]
+
+FORMATS = ("mixed", "ids", "text")
+_NEG_INF = float("-inf")
+_HASH_BASE = np.uint64(1_000_003)
+
+
+def _per_item(value: Any, n: int, what: str, is_scalar) -> list:
+    """Broadcast an option to ``n`` batch items (a scalar/None, or a sequence of ``n`` values)."""
+    if is_scalar(value):
+        return [value] * n
+    vals = list(value)
+    if len(vals) != n:
+        raise ValueError(f"{what}: got {len(vals)} per-item values for {n} batch items")
+    return vals
+
+
+def _is_type_list_scalar(v: Any) -> bool:
+    # None, "movie", or ["movie", "book"] (a flat list of names/indices) apply to every item
+    if v is None or isinstance(v, (str, int, np.integer)):
+        return True
+    v = list(v)
+    return all(isinstance(x, (str, int, np.integer)) for x in v)
+
+
+def _is_rows_scalar(v: Any) -> bool:
+    # None or a flat int array/list applies to every item; a list of lists is per item
+    if v is None:
+        return True
+    if isinstance(v, torch.Tensor):
+        return v.dim() <= 1
+    if isinstance(v, np.ndarray):
+        return v.ndim <= 1 and v.dtype != object
+    v = list(v)
+    return all(isinstance(x, (int, np.integer)) for x in v)
+
+
+class SidMasker:
+    """A :class:`DecodeState` plus its bitmask and the structured logits mask (see module doc).
+
+    Parameters
+    ----------
+    index : SidIndex
+    num_rows : int
+    eos_token_ids : iterable of int
+    separator_token_ids : iterable of int
+        Text tokens allowed between spans in the ``ids`` format.
+    num_threads : int
+        Threads of the C++ core (1 keeps latency predictable at small batches).
+    """
+
+    def __init__(self, index: SidIndex, num_rows: int, eos_token_ids: Iterable[int],
+                 separator_token_ids: Iterable[int] = (), num_threads: int = 1):
+        self.index = index
+        self.layout = index.layout
+        self.eos = sorted({int(t) for t in eos_token_ids})
+        if not self.eos:
+            raise ValueError("constrained decoding needs at least one EOS token id (got none)")
+        self.separators = sorted({int(t) for t in separator_token_ids})
+        self.state = DecodeState(index, num_rows, self.eos, self.separators, num_threads)
+        self.bitmask = allocate_token_bitmask(num_rows, self.layout.vocab_size)
+        self.formats = np.zeros(num_rows, dtype=np.int8)  # index into FORMATS
+        # structured mask geometry: [col0, ...) holds the SID block, word aligned
+        self.word0 = self.layout.sid_token_begin // 32
+        self.col0 = self.word0 * 32
+        self._keep_ids = torch.tensor(sorted(set(self.eos) | set(self.separators)), dtype=torch.long)
+        self._keep_eos = torch.tensor(self.eos, dtype=torch.long)
+        for t in self.eos + self.separators:
+            if t >= self.col0:
+                raise ValueError(
+                    f"EOS/separator token {t} lies in the SID block region (ids >= {self.col0}); use text tokens"
+                )
+
+    @property
+    def num_rows(self) -> int:
+        return self.state.num_rows
+
+    def set_row_options(self, row: int, *, format: str = "mixed", allowed_types: Any = None, exclude: Any = None,
+                        allow: Any = None, exclude_emitted: bool = True, max_items: int | None = None) -> None:
+        """Configure a row (see :meth:`DecodeState.set_row_options`)."""
+        if format not in FORMATS:
+            raise ValueError(f"unknown output format {format!r}; use one of {FORMATS}")
+        self.state.set_row_options(row, format=format, allowed_types=allowed_types, exclude=exclude, allow=allow,
+                                   exclude_emitted=exclude_emitted, max_items=max_items)
+        self.formats[row] = FORMATS.index(format)
+
+    def prime(self, prompts: Sequence[Sequence[int]]) -> None:
+        """Start rows whose prompt ends inside an open span (e.g. a prompt ending in ``[SID]``).
+
+        ``prompts[r]`` is row r's prompt (padding may be included: only the tail after the last
+        delimiter matters).
+        """
+        o, c = self.layout.open_id, self.layout.close_id
+        for r, ids in enumerate(prompts):
+            a = np.asarray(ids)
+            opens = np.flatnonzero(a == o)
+            if opens.size == 0:
+                continue
+            last_open = int(opens[-1])
+            closes = np.flatnonzero(a == c)
+            if closes.size and int(closes[-1]) > last_open:
+                continue
+            for tok in a[last_open:]:
+                self.state.advance(np.asarray([tok]), np.asarray([r]))
+
+    def reorder(self, src: np.ndarray) -> None:
+        """Rows become copies of rows ``src`` (beam search)."""
+        src = np.asarray(src, dtype=np.int64)
+        self.state.reorder(src)
+        self.formats = self.formats[src]
+        if self.bitmask.shape[0] != len(src):
+            self.bitmask = allocate_token_bitmask(len(src), self.layout.vocab_size)
+
+    def advance(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        return self.state.advance(np.asarray(tokens, dtype=np.int64), rows)
+
+    def fill(self) -> None:
+        """Fill the bitmask of every row (incrementally)."""
+        self.state.fill_next_token_bitmask(self.bitmask, incremental=True)
+
+    def closed_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows whose allowed set outside the SID block is (ids-format separators+EOS, EOS, nothing)."""
+        st = self.state.status
+        ids_text = np.flatnonzero((st == RowStatus.TEXT) & (self.formats == 1))
+        finished = np.flatnonzero(st >= RowStatus.DONE)
+        span = np.flatnonzero(st == RowStatus.SPAN)
+        return ids_text, finished, span
+
+    def apply(self, logits: torch.Tensor, fill: bool = True) -> torch.Tensor:
+        """Mask ``logits`` (rows, V_logits) in place with this state's rules and return it.
+
+        Columns past the layout's vocabulary are always masked.
+        """
+        if fill:
+            self.fill()
+        rows, V = logits.shape
+        if rows != self.num_rows:
+            raise ValueError(f"logits have {rows} rows, the decode state {self.num_rows}")
+        c0 = min(self.col0, V)
+        ids_text, finished, span = self.closed_rows()
+        if c0 > 0 and (ids_text.size or finished.size or span.size):
+            dev = logits.device
+            for sel, keep in ((ids_text, self._keep_ids), (finished, self._keep_eos), (span, None)):
+                if sel.size == 0:
+                    continue
+                r = torch.from_numpy(sel).to(dev)
+                if keep is not None and keep.numel():
+                    k = keep.to(dev)
+                    saved = logits[r[:, None], k[None, :]]
+                    _fill_rows(logits, sel, c0)
+                    logits[r[:, None], k[None, :]] = saved
+                else:
+                    _fill_rows(logits, sel, c0)
+        # SID block and anything after it: the bitmask words from word0 on
+        words = self.bitmask[:, self.word0:]
+        tail = logits[:, c0:]
+        ncols = tail.shape[1]
+        if ncols:
+            w = words.to(logits.device, non_blocking=True)
+            nw = w.shape[1]
+            cols = torch.arange(ncols, device=logits.device)
+            word = (cols // 32).clamp(max=max(nw - 1, 0))
+            bits = (w[:, word] >> (cols % 32).to(torch.int32)) & 1
+            allowed = (bits != 0) & (cols < 32 * nw)
+            tail.masked_fill_(~allowed, _NEG_INF)
+        return logits
+
+
+def _fill_rows(logits: torch.Tensor, rows: np.ndarray, ncols: int) -> None:
+    """``logits[rows, :ncols] = -inf`` as contiguous row fills: about 3x faster on CPU than the
+    advanced-indexing write (index_put), which dominated the processor's cost inside spans."""
+    if len(rows) == logits.shape[0] and (np.diff(rows) == 1).all():
+        logits[:, :ncols].fill_(_NEG_INF)
+        return
+    for r in rows.tolist():
+        logits[r, :ncols].fill_(_NEG_INF)
+
+
+class SidLogitsProcessor(LogitsProcessor):
+    """Constrain ``model.generate`` so that every ``[SID] ... [/SID]`` span is a real catalog item.
+
+    Text outside spans is never restricted (``mixed``/``text`` formats); inside a span only children
+    of the current trie node are allowed; after the last level only ``[/SID]``.
+
+    Parameters
+    ----------
+    index : SidIndex
+        The catalog's trie (its layout gives the SID token ids).
+    eos_token_id : int or list of int
+        Tokens that end a sequence (usually ``tokenizer.eos_token_id``).
+    format : str or list of str
+        ``"mixed"`` (default), ``"ids"`` or ``"text"``, for all batch items or one per item.
+    allowed_types : type name(s) or list of per-item lists, optional
+        Item types whose spans may open (default: all).
+    exclude : int array of item rows, or list of per-item arrays, optional
+        Items never emitted (e.g. the user's history).
+    allow : like ``exclude``, optional
+        Allow-list of item rows.
+    exclude_emitted : bool
+        An item is emitted at most once per sequence.
+    max_items : int or list, optional
+        No new span after this many items.
+    separator_token_ids : iterable of int
+        Text tokens allowed between spans in the ``ids`` format.
+    num_threads : int
+        Threads of the C++ core.
+
+    Notes
+    -----
+    Batch items map to rows as ``model.generate`` lays them out: with ``num_beams`` or
+    ``num_return_sequences`` > 1, item ``b`` owns rows ``b*n .. b*n+n-1``. The prompt may end inside
+    an open span (e.g. with ``[SID]`` to force an item). One processor serves one ``generate`` call at
+    a time; a new call (shorter or reset input) restarts it automatically.
+    """
+
+    def __init__(
+        self,
+        index: SidIndex,
+        eos_token_id: int | Sequence[int],
+        *,
+        format: str | Sequence[str] = "mixed",
+        allowed_types: Any = None,
+        exclude: Any = None,
+        allow: Any = None,
+        exclude_emitted: bool = True,
+        max_items: int | Sequence[int | None] | None = None,
+        separator_token_ids: Iterable[int] = (),
+        num_threads: int = 1,
+    ):
+        self.index = index
+        self.eos = [int(eos_token_id)] if isinstance(eos_token_id, (int, np.integer)) else [int(t) for t in eos_token_id]
+        self.options = dict(format=format, allowed_types=allowed_types, exclude=exclude, allow=allow,
+                            max_items=max_items)
+        self.exclude_emitted = bool(exclude_emitted)
+        self.separators = list(separator_token_ids)
+        self.num_threads = int(num_threads)
+        for f in ([format] if isinstance(format, str) else list(format)):
+            if f not in FORMATS:
+                raise ValueError(f"unknown output format {f!r}; use one of {FORMATS}")
+        for t in _flatten_types(allowed_types):
+            index.layout.type_index(t)  # KeyError naming the known types
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the current generation (the next call starts a new one)."""
+        self.masker: SidMasker | None = None
+        self._prompt_len = 0
+        self._gen: np.ndarray | None = None  # (rows, n) generated tokens at the last call
+        self._hash: np.ndarray | None = None  # (rows,) uint64 rolling hash of _gen
+        self._group: np.ndarray | None = None
+        self._per = 1
+
+    # ------------------------------------------------------------------ state tracking
+    def _start(self, input_ids: np.ndarray) -> None:
+        rows, plen = input_ids.shape
+        n_items = self._num_items(rows)
+        per = rows // n_items
+        fmts = _per_item(self.options["format"], n_items, "format", lambda v: isinstance(v, str))
+        types = _per_item(self.options["allowed_types"], n_items, "allowed_types", _is_type_list_scalar)
+        excl = _per_item(self.options["exclude"], n_items, "exclude", _is_rows_scalar)
+        allow = _per_item(self.options["allow"], n_items, "allow", _is_rows_scalar)
+        maxi = _per_item(self.options["max_items"], n_items, "max_items",
+                         lambda v: v is None or isinstance(v, (int, np.integer)))
+        m = SidMasker(self.index, rows, self.eos, self.separators, self.num_threads)
+        for r in range(rows):
+            b = r // per
+            t = types[b]
+            m.set_row_options(r, format=fmts[b], allowed_types=[t] if isinstance(t, (str, int, np.integer)) else t,
+                              exclude=excl[b], allow=allow[b], exclude_emitted=self.exclude_emitted,
+                              max_items=maxi[b])
+        m.prime(input_ids)
+        self.masker = m
+        self._prompt_len = plen
+        self._gen = np.zeros((rows, 0), dtype=np.int64)
+        self._hash = np.zeros(rows, dtype=np.uint64)
+        self._group = np.arange(rows) // per
+        self._per = per
+
+    def _num_items(self, rows: int) -> int:
+        n = None
+        for key in ("format", "allowed_types", "exclude", "allow", "max_items"):
+            v = self.options[key]
+            scalar = {"format": lambda v: isinstance(v, str), "allowed_types": _is_type_list_scalar,
+                      "exclude": _is_rows_scalar, "allow": _is_rows_scalar,
+                      "max_items": lambda v: v is None or isinstance(v, (int, np.integer))}[key](v)
+            if not scalar:
+                k = len(list(v))
+                if n is not None and k != n:
+                    raise ValueError(f"per-item options disagree on the batch size: {n} vs {k} ({key})")
+                n = k
+        if n is None:
+            return 1  # the same options for every row: one group
+        if rows % n:
+            raise ValueError(f"{rows} rows are not a multiple of the {n} batch items given per-item options")
+        return n
+
+    def _follow(self, input_ids: np.ndarray) -> bool:
+        """Reorder + advance the state to match ``input_ids`` (one token longer than last call).
+
+        Returns False when no row continues a row of the previous call (a new generation)."""
+        assert self.masker is not None and self._gen is not None and self._hash is not None
+        prefix = input_ids[:, self._prompt_len:-1]
+        last = input_ids[:, -1]
+        rows = input_ids.shape[0]
+        if prefix.shape == self._gen.shape and np.array_equal(prefix, self._gen):
+            parents = None  # greedy / sampling: rows kept their order
+        else:
+            n = prefix.shape[1]
+            with np.errstate(over="ignore"):
+                powers = _powers(n)
+                h = ((prefix.astype(np.uint64) + np.uint64(1)) * powers).sum(1, dtype=np.uint64)
+            where = {(int(g), int(x)): i for i, (g, x) in enumerate(zip(self._group, self._hash))}
+            group = np.arange(rows) // self._per
+            found = [where.get((int(g), int(x)), -1) for g, x in zip(group, h)]
+            if all(f < 0 for f in found):
+                return False
+            parents = np.asarray(found, dtype=np.int64)
+            if (parents < 0).any() or not np.array_equal(prefix, self._gen[parents]):
+                raise RuntimeError(
+                    "SidLogitsProcessor saw a sequence it did not generate (a row's tokens match no row of the "
+                    "previous step); use one processor per generate call or call reset() between calls"
+                )
+            self.masker.reorder(parents)
+            self._gen = self._gen[parents]
+            self._hash = self._hash[parents]
+            self._group = self._group[parents]
+        st = self.masker.state.status
+        live = np.flatnonzero(st < RowStatus.DONE)
+        # finished rows get padding from generate; they stay DONE (their mask allows only EOS)
+        if live.size == rows:
+            self.masker.advance(last)
+        elif live.size:
+            self.masker.advance(last[live], live)
+        with np.errstate(over="ignore"):
+            self._hash = self._hash * _HASH_BASE + (last.astype(np.uint64) + np.uint64(1))
+        self._gen = np.concatenate([self._gen, last[:, None]], 1)
+        return True
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        ids = input_ids.detach().to("cpu").numpy().astype(np.int64, copy=False)
+        rows, cur = ids.shape
+        follows = (self.masker is not None and self._gen is not None and rows == self.masker.num_rows
+                   and cur == self._prompt_len + self._gen.shape[1] + 1)
+        if not (follows and self._follow(ids)):
+            self._start(ids)  # first call of a generation (or a new generate call)
+        assert self.masker is not None
+        return self.masker.apply(scores)
+
+    # ------------------------------------------------------------------ introspection
+    def errors(self) -> dict[int, str]:
+        """Rows in the sticky error state with their reasons (should be empty)."""
+        return {} if self.masker is None else self.masker.state.errors()
+
+    def emitted(self, row: int) -> np.ndarray:
+        """Item rows completed so far by a row of the current generation."""
+        if self.masker is None:
+            return np.zeros(0, dtype=np.int32)
+        return self.masker.state.emitted(row)
+
+
+def _powers(n: int) -> np.ndarray:
+    """``B^(n-1-j)`` for j < n, wrapping mod 2^64 (the rolling hash's weights)."""
+    p = np.ones(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(n - 2, -1, -1):
+            p[j] = p[j + 1] * _HASH_BASE
+    return p
+
+
+def _flatten_types(v: Any) -> list:
+    if v is None:
+        return []
+    if isinstance(v, (str, int, np.integer)):
+        return [v]
+    out = []
+    for x in v:
+        out.extend(_flatten_types(x))
+    return out

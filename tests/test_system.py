@@ -1,0 +1,103 @@
+"""NeoSystem: one-directory save/load round trip, and clear errors when the parts disagree."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from _tiny import COUNTS, SIZES, make_model, make_tokenizer, random_codes
+from neo.catalog import Catalog
+from neo.prompts import Prompt
+from neo.sids import SemanticIds
+from neo.system import NeoSystem
+from neo.vocab import SidVocab, VocabMismatchError
+
+
+def make_catalog_and_sids(seed=0):
+    rng = np.random.default_rng(seed)
+    ids, types, titles, codes, rows = [], [], [], {}, {}
+    start = 0
+    for ti, (t, n) in enumerate(COUNTS.items()):
+        codes[t] = random_codes(rng, n, SIZES[t])
+        rows[t] = np.arange(start, start + n)
+        ids += [f"{t}{i}" for i in range(n)]
+        types += [ti] * n
+        titles += [f"{t} title {i}" for i in range(n)]
+        start += n
+    cat = Catalog(ids, types, list(COUNTS), text={"title": titles})
+    sids = SemanticIds(type_names=list(COUNTS), codes=codes, rows=rows, codebook_sizes=SIZES,
+                       reachable={t: np.ones(n, bool) for t, n in COUNTS.items()},
+                       extra_level={t: False for t in COUNTS}, collisions="extra_level", n_items=start,
+                       catalog_fingerprint=cat.fingerprint(), catalog=cat)
+    return cat, sids
+
+
+@pytest.fixture(scope="module")
+def system():
+    cat, sids = make_catalog_and_sids()
+    tok = make_tokenizer()
+    model = make_model("qwen2", len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                       bos_token_id=tok.bos_token_id)
+    return NeoSystem.build(model, tok, cat, sids, init="semantic")
+
+
+def test_round_trip(system, tmp_path):
+    d = system.save(tmp_path / "sys")
+    loaded = NeoSystem.load(d)
+    assert loaded.vocab == system.vocab and len(loaded.tokenizer) == len(system.tokenizer)
+    assert loaded.index.num_items == system.index.num_items == len(system.catalog)
+    assert loaded.catalog.ids == system.catalog.ids
+    for t in system.sids.type_names:
+        assert np.array_equal(loaded.sids.codes[t], system.sids.codes[t])
+    for a, b in zip(loaded.model.parameters(), system.model.parameters()):
+        assert torch.equal(a, b)
+    p = Prompt(task="recommend", history=["movie2", "book0"], k=4)
+    r1 = system.topk_items([p], k=4, num_beams=10)[0]
+    r2 = loaded.topk_items([p], k=4, num_beams=10)[0]
+    assert [i.id for i in r1] == [i.id for i in r2] and r1[0].title.endswith(r1[0].id[-1])
+    g1 = system.generate(["hello world"], max_new_tokens=10)[0]
+    g2 = loaded.generate(["hello world"], max_new_tokens=10)[0]
+    assert g1.token_ids == g2.token_ids
+    # saving over an existing directory replaces it
+    system.save(d)
+    assert NeoSystem.load(d).index.num_items == system.index.num_items
+
+
+def test_mismatched_parts_are_clear_errors(system, tmp_path):
+    d = system.save(tmp_path / "sys")
+    # a tokenizer saved without the SID tokens: vocab size mismatch
+    bad = tmp_path / "bad_tok"
+    shutil.copytree(d, bad)
+    shutil.rmtree(bad / "tokenizer")
+    make_tokenizer().save_pretrained(bad / "tokenizer")
+    with pytest.raises(VocabMismatchError, match="tokenizer has 300 tokens but the SID vocabulary needs"):
+        NeoSystem.load(bad)
+    # an index of other SIDs: hash of the SIDs differs
+    bad2 = tmp_path / "bad_index"
+    shutil.copytree(d, bad2)
+    cat, sids = make_catalog_and_sids(seed=5)
+    from neo.index import SidIndex
+
+    toks = {t: system.vocab.layout.codes_to_tokens(t, sids.codes[t]) for t in sids.type_names}
+    SidIndex.build(system.vocab.layout, toks, {t: sids.rows[t].astype(np.int32) for t in sids.type_names}).save(
+        bad2 / "index.neotrie")
+    with pytest.raises(VocabMismatchError, match="hash of the SIDs"):
+        NeoSystem.load(bad2)
+    # a vocabulary of another size
+    bad3 = tmp_path / "bad_vocab"
+    shutil.copytree(d, bad3)
+    other = SidVocab.for_tokenizer(make_tokenizer(), {"movie": [4, 4, 3], "book": [3, 6]})
+    other.save(bad3 / "vocab.json")
+    with pytest.raises(VocabMismatchError, match="vocab size 322.*vocab size 321"):
+        NeoSystem.load(bad3)
+    with pytest.raises(FileNotFoundError, match="not a saved neo system"):
+        NeoSystem.load(tmp_path)
+
+
+def test_model_without_sid_rows_rejected(system):
+    small = make_model("llama", 300)
+    with pytest.raises(VocabMismatchError, match="model has 300 input"):
+        NeoSystem(small, system.tokenizer, system.vocab, system.index, system.catalog)
+    with pytest.raises(VocabMismatchError, match="tokenizer does not match"):
+        NeoSystem(system.model, make_tokenizer(), system.vocab, system.index)

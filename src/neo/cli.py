@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--steps", type=int, default=64)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=_quickstart)
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

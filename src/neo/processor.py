@@ -99,6 +99,7 @@ class SidMasker:
         self.col0 = self.word0 * 32
         self._keep_ids = torch.tensor(sorted(set(self.eos) | set(self.separators)), dtype=torch.long)
         self._keep_eos = torch.tensor(self.eos, dtype=torch.long)
+        self._geometry: dict = {}
         for t in self.eos + self.separators:
             if t >= self.col0:
                 raise ValueError(
@@ -191,13 +192,26 @@ class SidMasker:
         ncols = tail.shape[1]
         if ncols:
             w = words.to(logits.device, non_blocking=True)
-            nw = w.shape[1]
-            cols = torch.arange(ncols, device=logits.device)
-            word = (cols // 32).clamp(max=max(nw - 1, 0))
-            bits = (w[:, word] >> (cols % 32).to(torch.int32)) & 1
-            allowed = (bits != 0) & (cols < 32 * nw)
-            tail.masked_fill_(~allowed, _NEG_INF)
+            word, shift, beyond = self._tail_geometry(ncols, w.shape[1], logits.device)
+            disallowed = ((w.index_select(1, word) >> shift) & 1) == 0
+            if beyond is not None:
+                disallowed |= beyond
+            tail.masked_fill_(disallowed, _NEG_INF)
         return logits
+
+    def _tail_geometry(self, ncols: int, nwords: int, device: torch.device):
+        """Per column of the SID block: its bitmask word, bit, and whether it lies past the mask.
+        Cached: rebuilding these index tensors every step cost more than the masking itself."""
+        key = (ncols, nwords, str(device))
+        geo = self._geometry.get(key)
+        if geo is None:
+            cols = torch.arange(ncols, device=device)
+            word = (cols // 32).clamp(max=max(nwords - 1, 0))
+            shift = (cols % 32).to(torch.int32)
+            beyond = cols >= 32 * nwords
+            geo = (word, shift, beyond if bool(beyond.any()) else None)
+            self._geometry[key] = geo
+        return geo
 
 
 def _fill_rows(logits: torch.Tensor, rows: np.ndarray, ncols: int) -> None:

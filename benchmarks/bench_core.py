@@ -30,21 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import markdown_table, machine_info, time_fn, write_results  # noqa: E402
 
 import neo  # noqa: E402
+from neo.bench import PythonTrie, SyntheticCatalog  # noqa: E402
 
 VOCAB = 151_936
 LEVELS, K = 4, 256
 
 
 def make_catalog(n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    keys = rng.choice(2**32, size=n, replace=False).astype(np.uint64)  # unique SIDs, unsorted
-    codes = np.stack([(keys >> np.uint64(8 * (3 - l))) & np.uint64(255) for l in range(LEVELS)], 1).astype(np.int32)
-    layout = neo.TokenLayout.contiguous(VOCAB - 2 - LEVELS * K, {"item": [K] * LEVELS})
-    assert layout.vocab_size == VOCAB
-    return layout, layout.codes_to_tokens("item", codes)
+    """The synthetic catalog of ``neo bench`` (unique, unsorted SIDs): (layout, tokens int32 (n, 4))."""
+    cat = SyntheticCatalog(n, seed=seed, vocab_size=VOCAB, levels=LEVELS, codebook=K)
+    return cat.layout, cat.tokens
 
 
-def place_rows(state: neo.DecodeState, layout, tokens: np.ndarray, rows: int, rng) -> np.ndarray:
+def place_rows(state: neo.DecodeState, layout, tokens: np.ndarray, rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """Advance each row to a random depth inside a span along a random real SID."""
     depths = rng.integers(0, LEVELS + 1, size=rows)
     picks = tokens[rng.integers(0, len(tokens), size=rows)]
@@ -53,31 +51,20 @@ def place_rows(state: neo.DecodeState, layout, tokens: np.ndarray, rows: int, rn
         idx = np.flatnonzero(depths > d)
         if len(idx):
             state.advance(picks[idx, d], indices=idx)
-    return np.concatenate([np.full((rows, 1), layout.open_id), picks], 1)[:, :], depths
+    return np.concatenate([np.full((rows, 1), layout.open_id), picks], 1), depths
 
 
-class PythonTrie:
-    """The baseline: nested dicts, children listed per prefix (what a dict-trie fn returns)."""
-
-    def __init__(self, tokens: np.ndarray):
-        self.root: dict = {}
-        for sid in tokens.tolist():
-            node = self.root
-            for t in sid:
-                node = node.setdefault(t, {})
-
-    def allowed(self, prefix: list[int], close_id: int) -> list[int]:
-        node = self.root
-        for t in prefix:
-            node = node[t]
-        return list(node.keys()) if node else [close_id]
+def trie_allowed(trie: PythonTrie, prefix: list[int], close_id: int) -> list[int]:
+    """What a ``prefix_allowed_tokens_fn`` over the dict trie returns inside a span."""
+    children = trie.allowed(prefix)
+    return children if children else [close_id]
 
 
 def baseline_masks(trie: PythonTrie, prefixes: list[list[int]], close_id: int) -> torch.Tensor:
     # PrefixConstrainedLogitsProcessor: mask = full(-inf); mask[i, allowed] = 0
     mask = torch.full((len(prefixes), VOCAB), -float("inf"))
     for i, p in enumerate(prefixes):
-        mask[i, trie.allowed(p, close_id)] = 0
+        mask[i, trie_allowed(trie, p, close_id)] = 0
     return mask
 
 
@@ -121,7 +108,7 @@ def bench_size(n: int, row_counts: list[int], baseline: bool, rng) -> list[dict]
         allowed = neo.bitmask_to_bool(torch.from_numpy(bitmask), VOCAB)
         ref_trie = trie or PythonTrie(seqs[:, 1:])  # rows' own SIDs suffice when no baseline
         for r in range(min(rows, 64)):
-            want = set(ref_trie.allowed(seqs[r, 1 : 1 + depths[r]].tolist(), layout.close_id)) if trie else None
+            want = set(trie_allowed(ref_trie, seqs[r, 1 : 1 + depths[r]].tolist(), layout.close_id)) if trie else None
             got = set(np.flatnonzero(allowed[r].numpy()).tolist())
             if want is not None:
                 assert got == want, f"row {r}: core and baseline disagree"

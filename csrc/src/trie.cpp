@@ -28,24 +28,6 @@ std::shared_ptr<void> own_vector(std::vector<T>&& v, ArrayView<T>* view) {
 
 std::string fmt_type(int32_t t) { return "type " + std::to_string(t); }
 
-// 64-bit checksum over 8-byte words (FNV-1a style with a final avalanche): catches truncation and
-// bit flips; it is not meant to resist deliberate tampering.
-uint64_t checksum64(const uint8_t* data, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, data + i, 8);
-    h = (h ^ w) * 0x100000001b3ULL;
-    h ^= h >> 29;
-  }
-  for (; i < n; ++i) h = (h ^ data[i]) * 0x100000001b3ULL;
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  return h;
-}
-
 int bits_for(int32_t k) {
   int b = 1;
   while ((int64_t{1} << b) < k) ++b;
@@ -142,6 +124,24 @@ struct Writer {
 };
 
 }  // namespace
+
+// 64-bit checksum over 8-byte words (FNV-1a style with a final avalanche): catches truncation and
+// bit flips; it is not meant to resist deliberate tampering.
+uint64_t checksum64(const uint8_t* data, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, data + i, 8);
+    h = (h ^ w) * 0x100000001b3ULL;
+    h ^= h >> 29;
+  }
+  for (; i < n; ++i) h = (h ^ data[i]) * 0x100000001b3ULL;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  return h;
+}
 
 void validate_layout(const LayoutSpec& layout) {
   if (layout.vocab_size <= 0) throw InvalidArgument("vocab_size must be > 0, got " + std::to_string(layout.vocab_size));

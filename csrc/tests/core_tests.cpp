@@ -155,23 +155,6 @@ static std::vector<char> read_file(const std::string& p) {
   return std::vector<char>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
 }
 
-// Same checksum as the core (kept in sync by the round-trip check below).
-static uint64_t checksum64(const uint8_t* data, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, data + i, 8);
-    h = (h ^ w) * 0x100000001b3ULL;
-    h ^= h >> 29;
-  }
-  for (; i < n; ++i) h = (h ^ data[i]) * 0x100000001b3ULL;
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  return h;
-}
-
 static void fuzz_load(const std::shared_ptr<SidIndex>& idx, std::mt19937_64& rng) {
   const std::string path = "/tmp/neo_core_tests_" + std::to_string(rng() % 1000000) + ".idx";
   idx->save(path);

@@ -112,4 +112,7 @@ class SidIndex {
 
 void validate_layout(const LayoutSpec& layout);
 
+// Checksum stored in the index file header (over the payload); exposed for tools and tests.
+uint64_t checksum64(const uint8_t* data, size_t n);
+
 }  // namespace neo

@@ -24,6 +24,8 @@ from .prompts import TASKS, TEMPLATES, Prompt, PromptBuilder, PromptError
 from .processor import SidLogitsProcessor, SidMasker
 from .generation import GenerationOutput, ItemRef, describe_user, generate, parse_output, recommend, search, topk_items
 from .system import NeoSystem, sids_hash
+from . import tasks, train
+from .tasks import Example, Interactions, Split, TaskBuilder, TaskDataError, load_interactions, split_interactions
 
 __version__ = "0.1.0"
 
@@ -74,4 +76,13 @@ __all__ = [
     "GenerationOutput",
     "NeoSystem",
     "sids_hash",
+    "tasks",
+    "train",
+    "Example",
+    "Interactions",
+    "Split",
+    "TaskBuilder",
+    "TaskDataError",
+    "load_interactions",
+    "split_interactions",
 ]

@@ -85,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     from .bench import add_bench_parser
 
     add_bench_parser(sub)
+    sub.add_parser("train", help="staged training (align / instruct); see `neo train --help`", add_help=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # neo.train owns its own argument parser (also used under torchrun)
+        from .train import main as train_main
+
+        return train_main(argv[1:])
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,206 @@
+"""Staged training: frozen-backbone alignment, completion-only labels, packing, loss decrease, resume."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from neo import PromptBuilder, VocabMismatchError
+from neo import train as T
+from neo.tasks import Example, TaskBuilder, TaskDataError, load_interactions, split_interactions
+from test_tasks import events, world_catalog
+
+
+def _world(arch: str = "llama", tied=None):
+    w, cat = world_catalog(arch, tied=tied)
+    pb = PromptBuilder(w["tokenizer"], w["vocab"], w["index"], cat)
+    return w, cat, TaskBuilder(pb, cat, seed=0)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return _world("llama", tied=False)
+
+
+@pytest.mark.parametrize("arch,tied", [("llama", False), ("qwen2", True)])
+def test_align_changes_only_the_sid_rows(arch, tied):
+    w, cat, tb = _world(arch, tied=tied)
+    m, vocab = w["model"], w["vocab"]
+    assert (m.get_output_embeddings().weight is m.get_input_embeddings().weight) == tied
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    flags = {n: p.requires_grad for n, p in m.named_parameters()}
+    res = T.align(m, w["tokenizer"], vocab, tb.alignment(), max_steps=6, batch_size=8, lr=1e-2,
+                  weight_decay=0.1, progress=False)
+    assert res.global_step == 6
+    b, e = vocab.token_begin, vocab.token_end
+    changed = []
+    for n, p in m.named_parameters():
+        if p.ndim == 2 and p.shape[0] >= e and ("embed" in n or "lm_head" in n):
+            assert torch.equal(p[:b], before[n][:b]) and torch.equal(p[e:], before[n][e:]), n
+            assert not torch.equal(p[b:e], before[n][b:e]), f"{n}: SID rows did not learn"
+            changed.append(n)
+        else:
+            assert torch.equal(p, before[n]), f"{n} changed during alignment"
+    assert len(changed) == (1 if tied else 2)
+    assert {n: p.requires_grad for n, p in m.named_parameters()} == flags  # freezing undone
+    assert res.trainable_params == (e - b) * m.config.hidden_size * (1 if tied else 2)
+
+
+def test_align_rejects_an_unadapted_model(llama):
+    w, cat, tb = llama
+    from _tiny import make_model
+    bare = make_model("llama", w["vocab"].token_begin)
+    with pytest.raises(VocabMismatchError, match="adapt_model"):
+        T.align(bare, w["tokenizer"], w["vocab"], tb.alignment()[:4], max_steps=1, progress=False)
+
+
+def test_completion_only_labels(llama):
+    w, cat, tb = llama
+    tok = w["tokenizer"]
+    ex = tb.alignment(rows=[0, 25])
+    feats, rep = T.encode_examples(ex, tok, max_length=512)
+    assert rep == {"encoded": len(ex), "truncated": 0, "skipped_too_long": 0}
+    for e, f in zip(ex, feats):
+        p, c = e.encode(tok)
+        assert f["input_ids"] == p + c
+        assert f["labels"] == [-100] * len(p) + c  # prompt masked, completion (with EOS) learnt
+        assert f["input_ids"][0] == tok.bos_token_id and c[-1] == tok.eos_token_id
+    batch = T.CompletionCollator(tok.pad_token_id)(feats[:2])
+    n0 = len(feats[0]["input_ids"])
+    assert batch["attention_mask"][0].sum() == n0
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+    # truncation drops the oldest prompt tokens, keeps BOS and the whole completion
+    p, c = ex[0].encode(tok)
+    short, rep = T.encode_examples(ex[:1], tok, max_length=len(c) + 3)
+    assert rep["truncated"] == 1 and short[0]["input_ids"] == [p[0]] + p[-2:] + c
+    none, rep = T.encode_examples(ex[:1], tok, max_length=len(c))
+    assert none == [] and rep["skipped_too_long"] == 1
+
+
+def test_packing_keeps_examples_apart(llama):
+    w, cat, tb = llama
+    m, tok = w["model"], w["tokenizer"]
+    feats, _ = T.encode_examples(tb.alignment(rows=[1, 2, 30]), tok)
+    packed = T.pack_features(feats, 10_000, shuffle=False)
+    assert len(packed) == 1
+    coll = T.CompletionCollator(tok.pad_token_id)
+    m.eval()
+    with torch.no_grad():
+        pb = coll(packed)
+        assert "attention_mask" not in pb
+        lp = torch.log_softmax(m(input_ids=pb["input_ids"], position_ids=pb["position_ids"], use_cache=False).logits, -1)
+        off = 0
+        for f in feats:
+            n = len(f["input_ids"])
+            ls = torch.log_softmax(m(input_ids=torch.tensor([f["input_ids"]]), use_cache=False).logits, -1)
+            # same next-token distributions as running the example alone: no attention across examples
+            torch.testing.assert_close(lp[0, off:off + n], ls[0], atol=1e-4, rtol=1e-4)
+            off += n
+
+
+def test_mix_tasks_weights_and_errors():
+    items, counts = T.mix_tasks({"a": list(range(10)), "b": list(range(100, 103))}, {"a": 1, "b": 3},
+                                num_examples=40, seed=0)
+    assert counts == {"a": 10, "b": 30} and len(items) == 40
+    assert sum(1 for x in items if x >= 100) == 30
+    again, _ = T.mix_tasks({"a": list(range(10)), "b": list(range(100, 103))}, {"a": 1, "b": 3},
+                           num_examples=40, seed=0)
+    assert again == items
+    with pytest.raises(ValueError, match="no examples"):
+        T.mix_tasks({"a": [1]}, {"zzz": 1.0})
+    with pytest.raises(ValueError, match="positive weight"):
+        T.mix_tasks({"a": [], "b": [1]}, {"a": 1.0, "b": 0.0})
+
+
+def test_instruct_rejects_empty_data(llama):
+    w, cat, tb = llama
+    with pytest.raises(TaskDataError, match="nothing to train on"):
+        T.instruct(w["model"], w["tokenizer"], [], max_steps=1, progress=False)
+    with pytest.raises(TaskDataError, match="empty completion"):
+        T.encode_examples([Example("x", ["a" + "\nAnswer:"], [])], w["tokenizer"], add_eos=False)
+
+
+def _first_last(losses, n=4):
+    return float(np.mean(losses[:n])), float(np.mean(losses[-n:]))
+
+
+def test_loss_goes_down_on_each_stage():
+    from _tiny import CORPUS
+
+    from neo import SidVocab, adapt_model
+    from neo.index import SidIndex
+
+    torch.manual_seed(0)
+    model, tok, r0 = T.stage0(texts=CORPUS, vocab_size=300, hidden=32, layers=2, block_size=64, max_steps=30,
+                              batch_size=4, lr=3e-3, logging_steps=1, progress=False)
+    a, b = _first_last(r0.losses)
+    assert b < a - 0.5, f"stage0 loss {a:.3f} -> {b:.3f}"
+    # SID block on top of the stage-0 model, catalog and tasks from the shared fixture layout
+    w, cat = world_catalog()
+    vocab = SidVocab.for_tokenizer(tok, {"movie": [4, 4, 3], "book": [3, 5]})
+    vocab.install(tok)
+    adapt_model(model, vocab)
+    old = w["vocab"].layout
+    index = SidIndex.build(vocab.layout, {t: vocab.layout.codes_to_tokens(t, old.tokens_to_codes(t, x))
+                                          for t, x in w["sid_tokens"].items()}, w["rows"])
+    tb = TaskBuilder(PromptBuilder(tok, vocab, index, cat), cat, seed=0)
+    r1 = T.align(model, tok, vocab, tb.alignment(), max_steps=40, batch_size=8, lr=3e-2, logging_steps=1,
+                 progress=False)
+    a, b = _first_last(r1.losses)
+    assert b < a - 0.2, f"align loss {a:.3f} -> {b:.3f}"
+    split = split_interactions(load_interactions(events(cat, n_users=10), cat), "leave_one_out")
+    r2 = T.instruct(model, tok, tb.instruction(split), max_steps=30, batch_size=8, lr=3e-3, logging_steps=1,
+                    packing=True, max_length=256, progress=False)
+    a, b = _first_last(r2.losses)
+    assert b < a - 0.3, f"instruct loss {a:.3f} -> {b:.3f}"
+
+
+def test_resume_reproduces_the_next_steps(tmp_path, llama):
+    w, cat, tb = llama
+    split = split_interactions(load_interactions(events(cat), cat), "leave_one_out")
+    ex = tb.instruction(split)
+    start = copy.deepcopy(w["model"])
+    kw = dict(max_steps=6, batch_size=4, lr=1e-3, logging_steps=1, save_steps=3, progress=False,
+              weights={"recommend": 2.0, "search": 1.0, "describe_user": 1.0}, num_examples=40)
+    full = T.instruct(copy.deepcopy(start), w["tokenizer"], ex, output_dir=tmp_path / "run", **kw)
+    assert (tmp_path / "run" / "checkpoint-3").is_dir() and len(full.losses) == 6
+    resumed = T.instruct(copy.deepcopy(start), w["tokenizer"], ex, output_dir=tmp_path / "run",
+                         resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3"), **kw)
+    steps = [h["step"] for h in resumed.loss_history]
+    assert steps[-3:] == [4.0, 5.0, 6.0]
+    np.testing.assert_allclose(resumed.losses[-3:], full.losses[-3:], rtol=1e-6, atol=1e-7)
+    for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
+
+
+def test_align_resume_keeps_the_backbone(tmp_path, llama):
+    w, cat, tb = llama
+    m = copy.deepcopy(w["model"])
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    kw = dict(max_steps=4, batch_size=8, logging_steps=1, save_steps=2, progress=False)
+    a = T.align(copy.deepcopy(m), w["tokenizer"], w["vocab"], tb.alignment(), output_dir=tmp_path / "al", **kw)
+    r = T.align(m, w["tokenizer"], w["vocab"], tb.alignment(), output_dir=tmp_path / "al",
+                resume_from_checkpoint=str(tmp_path / "al" / "checkpoint-2"), **kw)
+    assert r.global_step == 4 and [h["step"] for h in r.loss_history][-2:] == [3.0, 4.0]
+    np.testing.assert_allclose(r.losses[-2:], a.losses[-2:], rtol=1e-6)
+    b, e = w["vocab"].token_begin, w["vocab"].token_end
+    for n, p in m.named_parameters():
+        if "embed" in n or "lm_head" in n:
+            assert torch.equal(p[:b], before[n][:b]), n
+        else:
+            assert torch.equal(p, before[n]), n
+
+
+def test_lora_instruct_merges():
+    pytest.importorskip("peft")
+    w, cat, tb = _world("llama", tied=False)
+    vocab = w["vocab"]
+    split = split_interactions(load_interactions(events(cat), cat), "leave_one_out")
+    res = T.instruct(w["model"], w["tokenizer"], tb.instruction(split), max_steps=4, batch_size=4, lr=1e-3,
+                     lora=True, lora_config={"r": 4, "sid_rows": (vocab.token_begin, vocab.token_end)},
+                     logging_steps=1, progress=False)
+    assert type(res.model).__name__ == "LlamaForCausalLM" and len(res.losses) == 4
+    assert res.trainable_params < sum(p.numel() for p in res.model.parameters()) / 2

@@ -25,6 +25,24 @@ from .processor import SidLogitsProcessor, SidMasker
 from .generation import GenerationOutput, ItemRef, describe_user, generate, parse_output, recommend, search, topk_items
 from .system import NeoSystem, sids_hash
 from . import tasks, train
+from .scoring import (
+    ChoiceText,
+    ClassifierHead,
+    MaskedMultipleChoiceCollator,
+    MultipleChoiceCollator,
+    choice_scores,
+    evaluate_choices,
+    fine_tune,
+    format_copa,
+    format_qa,
+    margin_ranking_loss,
+    rank,
+    restart_summary,
+    score,
+    score_text,
+    score_tokens,
+)
+from .scoring_data import MultipleChoiceExample, evaluate_examples, load_commonsenseqa, load_copa
 from .tasks import Example, Interactions, Split, TaskBuilder, TaskDataError, load_interactions, split_interactions
 
 __version__ = "0.1.0"
@@ -85,4 +103,23 @@ __all__ = [
     "TaskDataError",
     "load_interactions",
     "split_interactions",
+    "score",
+    "score_tokens",
+    "score_text",
+    "rank",
+    "ChoiceText",
+    "format_copa",
+    "format_qa",
+    "margin_ranking_loss",
+    "ClassifierHead",
+    "MultipleChoiceCollator",
+    "MaskedMultipleChoiceCollator",
+    "choice_scores",
+    "fine_tune",
+    "evaluate_choices",
+    "restart_summary",
+    "MultipleChoiceExample",
+    "load_copa",
+    "load_commonsenseqa",
+    "evaluate_examples",
 ]

@@ -36,7 +36,12 @@ def test_quick_mode_all_providers_agree(quick_doc):
         assert r["status"] == "ok", r
         assert r["agree"] is True and r["checked_rows"] == r["rows"]
         assert r["step_median_us"] > 0 and r["row_median_us"] == pytest.approx(r["step_median_us"] / r["rows"])
-        assert r["memory_bytes_per_item"] > 0 and r["build_s"] >= 0
+        # RSS deltas of a small build can round to 0 (the allocator reuses freed pages); exact counts cannot
+        if r["memory_source"] == "exact":
+            assert r["memory_bytes_per_item"] > 0, r
+        else:
+            assert r["memory_bytes_per_item"] >= 0, r
+        assert r["build_s"] >= 0, r
         if not r["provider"].startswith("neo"):
             assert r["neo_speedup"] > 0
     sizes = doc["config"]["sizes"]

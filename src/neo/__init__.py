@@ -24,7 +24,7 @@ from .prompts import TASKS, TEMPLATES, Prompt, PromptBuilder, PromptError
 from .processor import SidLogitsProcessor, SidMasker
 from .generation import GenerationOutput, ItemRef, describe_user, generate, parse_output, recommend, search, topk_items
 from .system import NeoSystem, sids_hash
-from . import tasks, train
+from . import baselines, datasets, evaluation, tasks, train
 from .scoring import (
     ChoiceText,
     ClassifierHead,
@@ -96,6 +96,9 @@ __all__ = [
     "sids_hash",
     "tasks",
     "train",
+    "datasets",
+    "evaluation",
+    "baselines",
     "Example",
     "Interactions",
     "Split",

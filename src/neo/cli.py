@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=_quickstart)
     from .bench import add_bench_parser
+    from .demo import add_parser as add_demo_eval_parsers
 
+    add_demo_eval_parsers(sub)  # `neo demo` and `neo eval`
     add_bench_parser(sub)
     sub.add_parser("train", help="staged training (align / instruct); see `neo train --help`", add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)

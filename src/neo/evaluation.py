@@ -1,0 +1,536 @@
+"""Evaluation protocols and metrics for recommendation, search and controllable generation.
+
+Protocols
+---------
+* :func:`leave_one_out` -- the protocol of the public generative-recommendation tables (SASRec,
+  S3-Rec, P5, TIGER): per user, the last item is the test target, the second-to-last the
+  validation target, everything before is training data; the history given to a model is capped at
+  the 20 most recent items; ranking is over **all** candidate items (no sampled negatives).
+* :func:`temporal_split` -- global time cut-offs: training interactions happen before the
+  validation cut-off; a user's first item after a cut-off is their validation/test target.
+
+Metrics
+-------
+* Recall/HR@K and NDCG@K for K in (5, 10, 30) from full-ranking scores (:func:`ranks_from_scores`)
+  or from a top-K list (:func:`ranks_from_topk`). With one target per case Recall@K = HR@K.
+  Ties are broken pessimistically (the target ranks after every item with the same score), so a
+  constant scorer earns nothing.
+* Search: Recall@K, HR@K and NDCG@K with several relevant items per query (:func:`search_metrics`).
+* Generation with a neo system: SID validity with constraints off, type steering (fraction of
+  unconstrained beams in the requested type, per type) and output-format compliance
+  (:func:`sid_validity_and_steering`, :func:`format_compliance`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .datasets import Interactions, SearchQuery
+
+__all__ = [
+    "KS",
+    "EvalCases",
+    "Split",
+    "leave_one_out",
+    "temporal_split",
+    "ranks_from_scores",
+    "ranks_from_topk",
+    "metrics_from_ranks",
+    "hit_rate_at_k",
+    "recall_at_k",
+    "ndcg_at_k",
+    "search_metrics",
+    "evaluate_scorer",
+    "random_expectation",
+    "evaluate_topk",
+    "evaluate_search",
+    "neo_topk_fn",
+    "neo_search_fn",
+    "sid_validity_and_steering",
+    "format_compliance",
+]
+
+KS = (5, 10, 30)
+_NOT_FOUND = np.iinfo(np.int64).max // 2
+
+
+# ============================================================================ protocols
+
+
+@dataclass
+class EvalCases:
+    """Evaluation cases: for each, a user, a history (capped) and one target item.
+
+    Attributes
+    ----------
+    users : np.ndarray
+        ``int64`` user index per case.
+    histories : list of np.ndarray
+        ``int64`` item indices, oldest first, at most ``max_history`` long.
+    targets : np.ndarray
+        ``int64`` target item per case.
+    """
+
+    users: np.ndarray
+    histories: list[np.ndarray]
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "EvalCases":
+        idx = np.asarray(idx, dtype=np.int64)
+        return EvalCases(self.users[idx], [self.histories[i] for i in idx], self.targets[idx])
+
+
+@dataclass
+class Split:
+    """Training sequences and validation/test cases of one protocol.
+
+    Attributes
+    ----------
+    name : str
+    train : list of np.ndarray
+        Per user, the items a model may train on (oldest first; may be empty).
+    valid, test : EvalCases
+    n_items : int
+    """
+
+    name: str
+    train: list[np.ndarray]
+    valid: EvalCases
+    test: EvalCases
+    n_items: int
+
+
+def _cases(users: list[int], hists: list[np.ndarray], targets: list[int]) -> EvalCases:
+    return EvalCases(np.asarray(users, dtype=np.int64), hists, np.asarray(targets, dtype=np.int64))
+
+
+def leave_one_out(inter: Interactions, *, max_history: int = 20, min_length: int = 3) -> Split:
+    """Leave-one-out: last item -> test, second-to-last -> validation, the rest -> training.
+
+    Parameters
+    ----------
+    inter : Interactions
+    max_history : int
+        Most recent items given as history (20 in the public tables).
+    min_length : int
+        Users with fewer items only contribute training data (they cannot give both a validation
+        and a test target with a non-empty history at 3).
+
+    Returns
+    -------
+    Split
+        ``train[u]`` = items of user ``u`` except the last two; the validation history is that
+        training prefix; the test history is the prefix plus the validation item.
+    """
+    if max_history < 1 or min_length < 3:
+        raise ValueError(f"max_history must be >= 1 and min_length >= 3, got {max_history}, {min_length}")
+    train, vu, vh, vt, tu, th, tt = [], [], [], [], [], [], []
+    for u, s in enumerate(inter.sequences):
+        if s.size < min_length:
+            train.append(s.copy())
+            continue
+        train.append(s[:-2].copy())
+        vu.append(u)
+        vh.append(s[:-2][-max_history:].copy())
+        vt.append(int(s[-2]))
+        tu.append(u)
+        th.append(s[:-1][-max_history:].copy())
+        tt.append(int(s[-1]))
+    return Split("leave-one-out", train, _cases(vu, vh, vt), _cases(tu, th, tt), inter.n_items)
+
+
+def temporal_split(inter: Interactions, *, valid_frac: float = 0.1, test_frac: float = 0.1,
+                   max_history: int = 20) -> Split:
+    """Temporal split with global cut-offs at the time quantiles ``1 - valid_frac - test_frac`` and
+    ``1 - test_frac`` of all interactions.
+
+    Training = every interaction before the validation cut-off. A user's validation target is their
+    first item in ``[t_valid, t_test)`` and their test target their first item at or after
+    ``t_test``; the history is everything the user did before the target (capped at
+    ``max_history``), so no case ever sees its own future. Users with no history before a target
+    give no case for it.
+
+    Raises
+    ------
+    ValueError
+        If the interactions have no timestamps or the fractions are invalid.
+    """
+    if inter.timestamps is None:
+        raise ValueError("temporal_split needs timestamps; this dataset has none (use leave_one_out)")
+    if not (0 < test_frac < 1 and 0 <= valid_frac < 1 and valid_frac + test_frac < 1):
+        raise ValueError(f"invalid fractions valid_frac={valid_frac}, test_frac={test_frac}")
+    all_ts = np.concatenate(inter.timestamps)
+    t_valid = np.quantile(all_ts, 1 - valid_frac - test_frac)
+    t_test = np.quantile(all_ts, 1 - test_frac)
+    train, vu, vh, vt, tu, th, tt = [], [], [], [], [], [], []
+    for u, (s, ts) in enumerate(zip(inter.sequences, inter.timestamps)):
+        train.append(s[ts < t_valid].copy())
+        iv = np.flatnonzero((ts >= t_valid) & (ts < t_test))
+        if iv.size and iv[0] > 0:
+            i = int(iv[0])
+            vu.append(u)
+            vh.append(s[:i][-max_history:].copy())
+            vt.append(int(s[i]))
+        it = np.flatnonzero(ts >= t_test)
+        if it.size and it[0] > 0:
+            i = int(it[0])
+            tu.append(u)
+            th.append(s[:i][-max_history:].copy())
+            tt.append(int(s[i]))
+    return Split("temporal", train, _cases(vu, vh, vt), _cases(tu, th, tt), inter.n_items)
+
+
+# ============================================================================ ranking metrics
+
+
+def ranks_from_scores(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based rank of each target: items scored higher, plus other items scored equal (pessimistic
+    ties). ``-inf`` scores are never ranked; a target scored ``-inf`` gets a huge rank (a miss).
+
+    Parameters
+    ----------
+    scores : np.ndarray
+        ``(B, n_items)`` float.
+    targets : np.ndarray
+        ``(B,)`` item indices.
+    """
+    scores = np.asarray(scores)
+    targets = np.asarray(targets, dtype=np.int64)
+    if scores.ndim != 2 or scores.shape[0] != targets.shape[0]:
+        raise ValueError(f"scores must be (B, n_items) with B = len(targets) = {targets.shape[0]}, got {scores.shape}")
+    if targets.size and (targets.min() < 0 or targets.max() >= scores.shape[1]):
+        raise ValueError(f"target item outside [0, {scores.shape[1]})")
+    t = scores[np.arange(targets.size), targets][:, None]
+    ranks = (scores > t).sum(1) + (scores == t).sum(1) - 1
+    ranks = ranks.astype(np.int64)
+    ranks[np.isneginf(t[:, 0]) | np.isnan(t[:, 0])] = _NOT_FOUND
+    return ranks
+
+
+def ranks_from_topk(topk: Sequence[Sequence[int]], targets: np.ndarray) -> np.ndarray:
+    """0-based position of each target in its ranked list (a huge rank when absent)."""
+    targets = np.asarray(targets, dtype=np.int64)
+    if len(topk) != targets.size:
+        raise ValueError(f"{len(topk)} ranked lists for {targets.size} targets")
+    out = np.full(targets.size, _NOT_FOUND, dtype=np.int64)
+    for i, (lst, t) in enumerate(zip(topk, targets)):
+        for pos, it in enumerate(lst):
+            if int(it) == int(t):
+                out[i] = pos
+                break
+    return out
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = KS) -> dict[str, float]:
+    """HR@K (= Recall@K with one target), NDCG@K (= 1/log2(rank + 2) inside the top K) and MRR."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    out: dict[str, float] = {"n": int(ranks.size)}
+    if ranks.size == 0:
+        return out
+    for k in ks:
+        hit = ranks < k
+        out[f"hr@{k}"] = float(hit.mean())
+        out[f"recall@{k}"] = out[f"hr@{k}"]
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(np.minimum(ranks, k) + 2.0), 0.0).mean())
+    out["mrr"] = float(np.where(ranks < _NOT_FOUND, 1.0 / (ranks.astype(np.float64) + 1.0), 0.0).mean())
+    return out
+
+
+def hit_rate_at_k(ranked: Sequence[int], relevant: Iterable[int], k: int) -> float:
+    """1.0 if any relevant item is among the first ``k`` of ``ranked``, else 0.0."""
+    rel = {int(x) for x in relevant}
+    return float(any(int(x) in rel for x in list(ranked)[:k]))
+
+
+def recall_at_k(ranked: Sequence[int], relevant: Iterable[int], k: int) -> float:
+    """Fraction of the relevant items found among the first ``k`` of ``ranked``."""
+    rel = {int(x) for x in relevant}
+    if not rel:
+        raise ValueError("recall is undefined without relevant items")
+    return len(rel & {int(x) for x in list(ranked)[:k]}) / len(rel)
+
+
+def ndcg_at_k(ranked: Sequence[int], relevant: Iterable[int], k: int) -> float:
+    """Binary-relevance NDCG@k: DCG of ``ranked[:k]`` over the DCG of an ideal list (all relevant
+    items first). Repeated items count once."""
+    rel = {int(x) for x in relevant}
+    if not rel:
+        raise ValueError("NDCG is undefined without relevant items")
+    dcg, seen = 0.0, set()
+    for pos, x in enumerate(list(ranked)[:k]):
+        x = int(x)
+        if x in rel and x not in seen:
+            dcg += 1.0 / math.log2(pos + 2)
+        seen.add(x)
+    idcg = sum(1.0 / math.log2(p + 2) for p in range(min(len(rel), k)))
+    return dcg / idcg
+
+
+def search_metrics(ranked: Sequence[Sequence[int]], relevant: Sequence[Iterable[int]],
+                   ks: Iterable[int] = KS) -> dict[str, float]:
+    """Mean Recall@K, HR@K and NDCG@K over queries with several relevant items each."""
+    if len(ranked) != len(relevant):
+        raise ValueError(f"{len(ranked)} ranked lists for {len(relevant)} queries")
+    out: dict[str, float] = {"n": len(ranked)}
+    if not ranked:
+        return out
+    rels = [list(r) for r in relevant]
+    for k in ks:
+        out[f"recall@{k}"] = float(np.mean([recall_at_k(a, r, k) for a, r in zip(ranked, rels)]))
+        out[f"hr@{k}"] = float(np.mean([hit_rate_at_k(a, r, k) for a, r in zip(ranked, rels)]))
+        out[f"ndcg@{k}"] = float(np.mean([ndcg_at_k(a, r, k) for a, r in zip(ranked, rels)]))
+    return out
+
+
+# ============================================================================ evaluation drivers
+
+ScoreFn = Callable[[list[np.ndarray]], np.ndarray]
+TopkFn = Callable[[list[np.ndarray], int], list[list[int]]]
+
+
+def evaluate_scorer(score_fn: ScoreFn, cases: EvalCases, *, candidates: np.ndarray | None = None,
+                    exclude_history: bool = True, ks: Iterable[int] = KS, batch_size: int = 256,
+                    progress: bool = False, desc: str = "eval") -> dict[str, float]:
+    """Full-ranking metrics of a scorer.
+
+    Parameters
+    ----------
+    score_fn : callable
+        ``score_fn(histories) -> (B, n_items)`` scores (higher is better).
+    cases : EvalCases
+    candidates : np.ndarray, optional
+        Item indices that may be ranked (e.g. the movies of a two-type catalog); others get ``-inf``.
+    exclude_history : bool
+        Items in the case's history cannot be recommended (neo excludes history too).
+    """
+    ks = tuple(ks)
+    ranks = []
+    it = range(0, len(cases), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=desc, unit="batch", leave=False)
+    cand_mask = None
+    for s in it:
+        sub = cases.subset(np.arange(s, min(s + batch_size, len(cases))))
+        sc = np.array(score_fn(sub.histories), dtype=np.float64, copy=True)
+        if cand_mask is None and candidates is not None:
+            cand_mask = np.zeros(sc.shape[1], dtype=bool)
+            cand_mask[np.asarray(candidates, dtype=np.int64)] = True
+        if cand_mask is not None:
+            sc[:, ~cand_mask] = -np.inf
+        if exclude_history:
+            for i, h in enumerate(sub.histories):
+                keep = h[h != sub.targets[i]]  # a repeat of the target stays rankable
+                sc[i, keep] = -np.inf
+        ranks.append(ranks_from_scores(sc, sub.targets))
+    return metrics_from_ranks(np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64), ks)
+
+
+def random_expectation(cases: EvalCases, n_items: int, *, candidates: np.ndarray | None = None,
+                       exclude_history: bool = True, ks: Iterable[int] = KS) -> dict[str, float]:
+    """Exact expected HR@K / NDCG@K / MRR of a uniformly random ranking of the candidates (the
+    chance level a model must beat), with the same candidate set and history exclusion as
+    :func:`evaluate_scorer`. Computed, not sampled, so it carries no noise."""
+    ks = tuple(ks)
+    cand = np.ones(n_items, dtype=bool) if candidates is None else np.isin(np.arange(n_items), candidates)
+    n_eff = np.empty(len(cases), dtype=np.float64)
+    for i, (h, t) in enumerate(zip(cases.histories, cases.targets)):
+        ex = np.unique(h[(h != t) & cand[h]]).size if exclude_history and h.size else 0
+        n_eff[i] = cand.sum() - ex
+    out: dict[str, float] = {"n": len(cases)}
+    if not len(cases):
+        return out
+    for k in ks:
+        out[f"hr@{k}"] = float(np.mean(np.minimum(k, n_eff) / n_eff))
+        out[f"recall@{k}"] = out[f"hr@{k}"]
+        disc = 1.0 / np.log2(np.arange(k) + 2.0)
+        cum = np.concatenate([[0.0], np.cumsum(disc)])
+        out[f"ndcg@{k}"] = float(np.mean(cum[np.minimum(k, n_eff).astype(np.int64)] / n_eff))
+    out["mrr"] = float(np.mean([np.sum(1.0 / np.arange(1, int(n) + 1)) / n for n in n_eff]))
+    return out
+
+
+def evaluate_topk(topk_fn: TopkFn, cases: EvalCases, *, ks: Iterable[int] = KS, batch_size: int = 16,
+                  progress: bool = False, desc: str = "eval") -> dict[str, float]:
+    """Metrics of a generator returning ranked lists: ``topk_fn(histories, k) -> list of item lists``."""
+    ks = tuple(ks)
+    kmax = max(ks)
+    ranks = []
+    it = range(0, len(cases), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=desc, unit="batch", leave=False)
+    for s in it:
+        sub = cases.subset(np.arange(s, min(s + batch_size, len(cases))))
+        ranks.append(ranks_from_topk(topk_fn(sub.histories, kmax), sub.targets))
+    return metrics_from_ranks(np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64), ks)
+
+
+def evaluate_search(rank_fn: Callable[[list[str], int], list[list[int]]], queries: Sequence[SearchQuery], *,
+                    ks: Iterable[int] = KS, batch_size: int = 64) -> dict[str, float]:
+    """Search metrics: ``rank_fn(query_texts, k) -> ranked item lists``, judged against each
+    query's relevant items."""
+    ks = tuple(ks)
+    ranked: list[list[int]] = []
+    for s in range(0, len(queries), batch_size):
+        qs = queries[s:s + batch_size]
+        ranked.extend(rank_fn([q.query for q in qs], max(ks)))
+    return search_metrics(ranked, [q.relevant for q in queries], ks)
+
+
+# ============================================================================ neo systems
+
+
+def _chunks(n: int, size: int) -> Iterable[range]:
+    for s in range(0, n, size):
+        yield range(s, min(s + size, n))
+
+
+def neo_topk_fn(system: Any, *, target_type: str | None = None, num_beams: int = 30, prompt_k: int = 1,
+                max_history: int | None = None, template: int = 0) -> TopkFn:
+    """A :data:`TopkFn` backed by a neo system's constrained beam search over the first item of the
+    answer (history excluded, as for the baselines). History items are catalog rows.
+
+    Parameters
+    ----------
+    prompt_k : int
+        The number of items the prompt asks for. The ranking is over the *first* item either way;
+        1 matches the single next-item instruction task the model was trained on.
+    max_history : int, optional
+        Only the most recent items go into the prompt (the model's input window; the protocol's cap
+        of 20 applies first).
+    """
+    from .prompts import Prompt
+
+    def fn(histories: list[np.ndarray], k: int) -> list[list[int]]:
+        prompts, hidden = [], []
+        for h in histories:
+            h = [int(x) for x in h]
+            shown = h[-max_history:] if max_history else h
+            prompts.append(Prompt(task="recommend", target_types=target_type, history=shown, k=prompt_k,
+                                  template=template))
+            hidden.append(set(h) - set(shown))
+        # history items not shown in the prompt are excluded too: ask for that many more items and
+        # drop them afterwards (exact: the search returns the best distinct items in order)
+        extra = max((len(x) for x in hidden), default=0)
+        res = system.topk_items(prompts, k=k + extra, num_beams=max(num_beams, k + extra))
+        return [[it.row for it in r if it.row not in hid][:k] for r, hid in zip(res, hidden)]
+
+    return fn
+
+
+def neo_search_fn(system: Any, *, target_type: str | None = None, num_beams: int = 30) -> Callable:
+    """Ranked lists for text queries from a neo system's constrained beam search."""
+    from .prompts import Prompt
+
+    def fn(queries: list[str], k: int) -> list[list[int]]:
+        prompts = [Prompt(task="search", target_types=target_type, query=q, k=k, template=0) for q in queries]
+        res = system.topk_items(prompts, k=k, num_beams=max(num_beams, k))
+        return [[it.row for it in r] for r in res]
+
+    return fn
+
+
+def _unconstrained_beams(system: Any, prompts: list[Any], num_beams: int, max_new_tokens: int) -> list[list[Any]]:
+    """Plain Hugging Face beam search (no neo constraints) from prompts ending with ``[SID]``;
+    returns, per prompt, the first :class:`~neo.generation.ItemRef` of each beam (or ``None`` when a
+    beam opened no span, e.g. wrote text)."""
+    import torch
+
+    from .generation import parse_output
+
+    builder = system.prompt_builder()
+    tok = system.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out: list[list[Any]] = []
+    model = system.model
+    for p in prompts:
+        ids = builder.encode(p, open_span=True)
+        x = torch.as_tensor([ids], dtype=torch.long, device=model.device)
+        with torch.no_grad():
+            gen = model.generate(input_ids=x, attention_mask=torch.ones_like(x), num_beams=num_beams,
+                                 num_return_sequences=num_beams, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=pad, early_stopping=True)
+        beams = []
+        for row in gen[:, len(ids):].tolist():
+            segs = parse_output([system.vocab.open_id] + row, tok, system.vocab, system.index, system.catalog)
+            items = [s for s in segs if hasattr(s, "row")]
+            beams.append(items[0] if items else None)
+        out.append(beams)
+    return out
+
+
+def sid_validity_and_steering(system: Any, histories: Sequence[np.ndarray], *, types: Sequence[str] | None = None,
+                              num_beams: int = 10, max_prompts: int = 50) -> dict[str, Any]:
+    """SID validity and type steering with the constraints **off**.
+
+    For each requested type ``t`` and up to ``max_prompts`` histories, asks for a ``t`` item and
+    runs plain beam search; reports, over all beams, the fraction that form a real catalog item
+    (validity) and, per type, the fraction whose item is of type ``t`` (steering, read from the
+    first code token's band, valid or not).
+    """
+    from .prompts import Prompt
+
+    types = list(types or system.vocab.type_names)
+    max_new = max(t.levels for t in system.vocab.layout.types) + 1
+    res: dict[str, Any] = {"num_beams": num_beams, "steering": {}, "validity_by_type": {}}
+    n_valid = n_total = 0
+    for t in types:
+        prompts = [Prompt(task="recommend", target_types=t, history=[int(x) for x in h], k=10, template=0)
+                   for h in list(histories)[:max_prompts]]
+        beams = _unconstrained_beams(system, prompts, num_beams, max_new)
+        flat = [b for bs in beams for b in bs]
+        ok = sum(1 for b in flat if b is not None and b.valid)
+        in_type = sum(1 for b in flat if b is not None and b.type == t)
+        res["steering"][t] = in_type / max(1, len(flat))
+        res["validity_by_type"][t] = ok / max(1, len(flat))
+        n_valid += ok
+        n_total += len(flat)
+    res["sid_validity"] = n_valid / max(1, n_total)
+    res["n_beams"] = n_total
+    return res
+
+
+def _complies(fmt: str, segments: list[Any]) -> bool:
+    items = [s for s in segments if hasattr(s, "row")]
+    text = "".join(s for s in segments if isinstance(s, str))
+    if fmt == "ids":  # items only: separators and whitespace between them are fine
+        return bool(items) and all(it.valid for it in items) and not any(ch.isalnum() for ch in text)
+    if fmt == "text":
+        return not items and bool(text.strip())
+    return bool(items) and all(it.valid for it in items) and any(ch.isalnum() for ch in text)
+
+
+def format_compliance(system: Any, histories: Sequence[np.ndarray], *, formats: Sequence[str] = ("ids", "text", "mixed"),
+                      constrained: bool = False, max_prompts: int = 20, max_new_tokens: int = 48) -> dict[str, float]:
+    """Fraction of greedy answers in the requested output format.
+
+    ``ids``: at least one item, every item real, no words outside items; ``text``: words and no
+    item; ``mixed``: words and at least one item, every item real. With ``constrained=False`` this
+    measures what the model learned; with the constraints on, ``ids``/``text`` hold by construction.
+    """
+    from .prompts import Prompt
+
+    out: dict[str, float] = {}
+    hs = list(histories)[:max_prompts]
+    for fmt in formats:
+        task = {"ids": "recommend", "text": "describe_user", "mixed": "explain"}[fmt]
+        prompts = []
+        for h in hs:
+            h = [int(x) for x in h]
+            if task == "explain":
+                prompts.append(Prompt(task="explain", history=h[:-1] or h, item=h[-1], format="mixed", template=0))
+            else:
+                prompts.append(Prompt(task=task, history=h, k=5, format=fmt, template=0))
+        gens = system.generate(prompts, max_new_tokens=max_new_tokens, constrained=constrained)
+        out[fmt] = float(np.mean([_complies(fmt, g.segments) for g in gens])) if gens else float("nan")
+    return out

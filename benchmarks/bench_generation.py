@@ -22,11 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import markdown_table, time_fn, write_results  # noqa: E402
 
-from neo.generation import generate, topk_items  # noqa: E402
-from neo.index import SidIndex  # noqa: E402
-from neo.layout import TokenLayout  # noqa: E402
-from neo.processor import SidLogitsProcessor  # noqa: E402
-from neo.vocab import SidVocab  # noqa: E402
+from neo.lm.generation import generate, topk_items  # noqa: E402
+from neo.core.index import SidIndex  # noqa: E402
+from neo.core.layout import TokenLayout  # noqa: E402
+from neo.lm.processor import SidLogitsProcessor  # noqa: E402
+from neo.lm.vocab import SidVocab  # noqa: E402
 
 
 class _Tok:

@@ -69,8 +69,8 @@ def worker(n: int, dim: int, levels: int | None, k: int | None, repeat: int) -> 
     """Runs in a subprocess: generate data, reset the memory high-water mark, build SIDs, report."""
     import torch
 
-    from neo.catalog import Catalog
-    from neo.sids import build_sids
+    from neo.items.catalog import Catalog
+    from neo.items.sids import build_sids
 
     start_kb = _rss_kb("VmRSS")  # interpreter + torch, before any per-item data
     x = _synthetic(n, dim)
@@ -161,7 +161,7 @@ def movielens_catalog(root: Path):
     popularity = #applications) as two item types of one catalog."""
     import pandas as pd
 
-    from neo.catalog import Catalog
+    from neo.items.catalog import Catalog
 
     movies = pd.read_csv(root / "movies.csv")
     tags = pd.read_csv(root / "tags.csv")
@@ -183,8 +183,8 @@ def movielens_catalog(root: Path):
 
 
 def run_movielens(root: Path, dim: int) -> dict:
-    from neo.embeddings import TfidfSvdEmbedder
-    from neo.sids import build_sids
+    from neo.items.embeddings import TfidfSvdEmbedder
+    from neo.items.sids import build_sids
 
     t0 = time.perf_counter()
     cat = movielens_catalog(root)

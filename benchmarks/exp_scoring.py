@@ -41,7 +41,7 @@ from _harness import RESULTS_DIR, machine_info, markdown_table, write_results  #
 
 from neo.scoring import (ClassifierHead, MultipleChoiceCollator, evaluate_choices, fine_tune,  # noqa: E402
                          restart_summary)
-from neo.scoring_data import build_description_choice_task  # noqa: E402
+from neo.scoring.datasets import build_description_choice_task  # noqa: E402
 
 
 def load_movies(data: Path, n: int) -> tuple[list[str], list[str]]:

@@ -80,7 +80,7 @@ def run(a: argparse.Namespace) -> dict:
     torch.manual_seed(a.seed)
     from neo import NeoSystem, PromptBuilder, build_sids
     from neo import train as T
-    from neo.tasks import TaskBuilder, load_interactions, split_interactions
+    from neo.training.tasks import TaskBuilder, load_interactions, split_interactions
 
     t_all = time.perf_counter()
     out: dict = {"config": vars(a) | {"data": str(a.data)}, "stages": {}, "validity": {}}

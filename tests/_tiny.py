@@ -115,9 +115,9 @@ COUNTS = {"movie": 20, "book": 12}
 def make_world(arch: str = "llama", *, seed: int = 0, tied: bool | None = None, hidden: int = 32,
                sizes=None, counts=None, tokenizer_kind: str = "bpe"):
     """Tokenizer + vocab installed + adapted model + index + catalog (rows: movies then books)."""
-    from neo.index import SidIndex
-    from neo.model import adapt_model
-    from neo.vocab import SidVocab
+    from neo.core.index import SidIndex
+    from neo.lm.adapt import adapt_model
+    from neo.lm.vocab import SidVocab
 
     sizes = sizes or SIZES
     counts = counts or COUNTS

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from neo.baselines import BM25Search, Popularity, RandomScorer, SASRec, TfidfSearch
-from neo.datasets import Interactions
+from neo.evaluation.baselines import BM25Search, Popularity, RandomScorer, SASRec, TfidfSearch
+from neo.items.datasets import Interactions
 from neo.evaluation import evaluate_scorer, leave_one_out
 
 

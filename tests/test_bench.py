@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from neo import bench
+from neo.bench import providers
+from neo.cli.bench import main as bench_main
 
 PEERS_INSTALLED = [p for p in bench.PEERS if find_spec(p) is not None]
 
@@ -21,7 +23,7 @@ def quick_doc(tmp_path_factory):
     argv = ["--quick", "--json", str(paths["json"]), "--markdown", str(paths["md"])]
     if find_spec("matplotlib") is not None:
         argv += ["--plot", str(paths["png"])]
-    rc = bench.main(argv)
+    rc = bench_main(argv)
     doc = json.loads(paths["json"].read_text())
     return rc, doc, paths
 
@@ -117,8 +119,8 @@ def test_catalog_bad_arguments_name_the_problem():
 
 
 def test_token_set_syntax():
-    assert bench._token_set(np.asarray([5, 6, 7, 9, 11, 12])) == "<[5-7,9,11-12]>"
-    assert bench._token_set(np.asarray([3])) == "<[3]>"
+    assert providers._token_set(np.asarray([5, 6, 7, 9, 11, 12])) == "<[5-7,9,11-12]>"
+    assert providers._token_set(np.asarray([3])) == "<[3]>"
 
 
 def test_grammars_cover_every_item_once():
@@ -138,7 +140,7 @@ def test_xgrammar_accepts_exactly_the_catalog():
     import xgrammar as xgr
 
     cat = bench.SyntheticCatalog(200, seed=5)
-    sess = bench._PeerSession("xgrammar", cat, threads=1)
+    sess = providers._PeerSession("xgrammar", cat, threads=1)
     sess.make_grammar()
     sess.make_tokenizer()
     sess.compile()
@@ -170,7 +172,7 @@ def test_wrong_provider_is_reported_and_not_timed(monkeypatch, capsys):
         return a
 
     monkeypatch.setattr(bench.TorchSearchsortedProvider, "allowed", off_by_one)
-    rc = bench.main(["--sizes", "1000", "--rows", "8", "--providers", "neo-cpu", "torch-searchsorted", "--no-e2e",
+    rc = bench_main(["--sizes", "1000", "--rows", "8", "--providers", "neo-cpu", "torch-searchsorted", "--no-e2e",
                      "--repeat", "2", "--min-time", "0", "--max-time", "0.2"])
     assert rc == 1
     assert "DISAGREEMENT" in capsys.readouterr().err

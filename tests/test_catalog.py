@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from neo.catalog import Catalog, CatalogError
+from neo.items.catalog import Catalog, CatalogError
 
 RECORDS = [
     {"id": "m1", "type": "movie", "title": "Toy Story", "genres": "Animation|Comedy", "popularity": 10, "year": 1995},

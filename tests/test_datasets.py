@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from neo.datasets import (
+from neo.items.datasets import (
     DatasetError,
     Interactions,
     load_catalog_jsonl,

@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 
 
 def test_demo_quick_end_to_end(tmp_path):
-    from neo.demo import QUICK, main
-    from neo.system import NeoSystem
+    from neo.cli.demo import QUICK, main
+    from neo.lm.system import NeoSystem
 
     torch.set_num_threads(1)
     out = tmp_path / "demo"
@@ -35,7 +35,7 @@ def test_demo_quick_end_to_end(tmp_path):
 
 
 def test_demo_model_path_must_be_a_local_hf_directory(tmp_path):
-    from neo.demo import _load_model
+    from neo.cli.demo import _load_model
 
     with pytest.raises(FileNotFoundError, match="no config.json"):
         _load_model(str(tmp_path))
@@ -44,7 +44,7 @@ def test_demo_model_path_must_be_a_local_hf_directory(tmp_path):
 def test_cli_hooks_register_demo_and_eval():
     import argparse
 
-    from neo.demo import add_parser
+    from neo.cli.demo import add_parser
 
     ap = argparse.ArgumentParser(prog="neo")
     add_parser(ap.add_subparsers(dest="command", required=True))

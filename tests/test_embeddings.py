@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neo.catalog import Catalog
-from neo.embeddings import (
+from neo.items.catalog import Catalog
+from neo.items.embeddings import (
     HFEmbedder,
     PrecomputedEmbedder,
     SentenceTransformerEmbedder,

@@ -6,9 +6,9 @@ import torch
 from transformers import LogitsProcessorList
 
 from _tiny import make_world
-from neo.generation import generate, parse_output, recommend, topk_items
-from neo.processor import SidLogitsProcessor
-from neo.prompts import Prompt, PromptError
+from neo.lm.generation import generate, parse_output, recommend, topk_items
+from neo.lm.processor import SidLogitsProcessor
+from neo.lm.prompts import Prompt, PromptError
 
 PROMPTS = ["recommend a movie", "hello world, how are you? the user likes", "space"]
 
@@ -112,7 +112,7 @@ def test_topk_matches_brute_force(world, types):
     k = 6
     res = topk_items(m, tok, v, idx, [p, Prompt(task="search", query="space robots", target_types=types)], k=k,
                      num_beams=30, catalog=cat)
-    from neo.prompts import PromptBuilder
+    from neo.lm.prompts import PromptBuilder
 
     b = PromptBuilder(tok, v, idx, cat)
     excl = {0, 21}  # movie0, book1

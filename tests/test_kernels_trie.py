@@ -236,7 +236,7 @@ def test_matches_cpp_core(backend, device):
     if not hasattr(core, "SidIndex"):
         pytest.skip("neo._core.SidIndex not built")
     from neo import DecodeState
-    from neo.index import RowStatus
+    from neo.core.index import RowStatus
 
     rng = np.random.default_rng(11)
     sizes = [6, 33, 5]

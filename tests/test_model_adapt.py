@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from _tiny import make_model, make_tokenizer
-from neo.model import adapt_model, check_model, embeddings_tied
-from neo.vocab import SidVocab, VocabMismatchError
+from neo.lm.adapt import adapt_model, check_model, embeddings_tied
+from neo.lm.vocab import SidVocab, VocabMismatchError
 
 
 @pytest.mark.parametrize("arch,tied", [("llama", False), ("llama", True), ("qwen2", True), ("qwen2", False),

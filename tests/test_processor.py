@@ -6,10 +6,10 @@ import torch
 from transformers import LogitsProcessorList
 
 from _tiny import make_world
-from neo.bitmask import bitmask_to_bool
-from neo.generation import parse_output
-from neo.index import RowStatus
-from neo.processor import SidLogitsProcessor, SidMasker
+from neo.core.bitmask import bitmask_to_bool
+from neo.lm.generation import parse_output
+from neo.core.index import RowStatus
+from neo.lm.processor import SidLogitsProcessor, SidMasker
 
 PROMPTS = ["recommend a movie", "hello world, how are you? the user", "space opera"]
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from _tiny import make_world
-from neo.prompts import TEMPLATES, Prompt, PromptBuilder, PromptError
+from neo.lm.prompts import TEMPLATES, Prompt, PromptBuilder, PromptError
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from _tiny import CORPUS, make_model, make_tokenizer
 from neo.scoring import (ChoiceText, ClassifierHead, MaskedMultipleChoiceCollator, MultipleChoiceCollator, choice_scores, encode_pair,
                          evaluate_choices, fine_tune, format_copa, format_qa, margin_ranking_loss, restart_summary,
                          accuracy, rank, score, score_text, score_tokens, sequence_logprobs)
-from neo.scoring_data import build_description_choice_task, evaluate_examples, load_commonsenseqa, load_copa
+from neo.scoring.datasets import build_description_choice_task, evaluate_examples, load_commonsenseqa, load_copa
 
 torch.set_num_threads(1)
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from neo.catalog import Catalog
-from neo.layout import TokenLayout
-from neo.sids import SemanticIds, build_sids, default_sid_config
+from neo.items.catalog import Catalog
+from neo.core.layout import TokenLayout
+from neo.items.sids import SemanticIds, build_sids, default_sid_config
 
 
 def planted(n_per: int, n_clusters: int, dim: int = 16, seed: int = 0, spread: float = 0.05):

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from _tiny import COUNTS, SIZES, make_model, make_tokenizer, random_codes
-from neo.catalog import Catalog
-from neo.prompts import Prompt
-from neo.sids import SemanticIds
-from neo.system import NeoSystem
-from neo.vocab import SidVocab, VocabMismatchError
+from neo.items.catalog import Catalog
+from neo.lm.prompts import Prompt
+from neo.items.sids import SemanticIds
+from neo.lm.system import NeoSystem
+from neo.lm.vocab import SidVocab, VocabMismatchError
 
 
 def make_catalog_and_sids(seed=0):
@@ -77,7 +77,7 @@ def test_mismatched_parts_are_clear_errors(system, tmp_path):
     bad2 = tmp_path / "bad_index"
     shutil.copytree(d, bad2)
     cat, sids = make_catalog_and_sids(seed=5)
-    from neo.index import SidIndex
+    from neo.core.index import SidIndex
 
     toks = {t: system.vocab.layout.codes_to_tokens(t, sids.codes[t]) for t in sids.type_names}
     SidIndex.build(system.vocab.layout, toks, {t: sids.rows[t].astype(np.int32) for t in sids.type_names}).save(

@@ -7,7 +7,7 @@ import pytest
 
 from _tiny import make_world
 from neo import Catalog, Prompt, PromptBuilder
-from neo.tasks import (ALIGN_TASKS, ANSWER_SUFFIX, ITEM_SEPARATOR, TaskBuilder, TaskDataError, load_interactions,
+from neo.training.tasks import (ALIGN_TASKS, ANSWER_SUFFIX, ITEM_SEPARATOR, TaskBuilder, TaskDataError, load_interactions,
                        split_interactions, validate_examples)
 
 GENRES = ["comedy", "drama", "space", "romance", "history"]
@@ -150,7 +150,7 @@ def test_empty_and_short_histories_are_skipped_and_counted(setup):
         load_interactions({"a": [], "b": [("movie1", 1)]}, cat)
     tb = TaskBuilder(pb, cat, seed=0)
     assert tb.recommend({"one": [3]}) == [] and tb.skipped["recommend: history too short"] == 1
-    from neo.tasks import EvalCase
+    from neo.training.tasks import EvalCase
     with pytest.raises(TaskDataError, match="empty history"):
         tb.eval_prompts([EvalCase("x", np.zeros(0, dtype=np.int64), 3)])
     with pytest.raises(TaskDataError, match="outside the catalog"):

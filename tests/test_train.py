@@ -10,7 +10,7 @@ import torch
 
 from neo import PromptBuilder, VocabMismatchError
 from neo import train as T
-from neo.tasks import Example, TaskBuilder, TaskDataError, load_interactions, split_interactions
+from neo.training.tasks import Example, TaskBuilder, TaskDataError, load_interactions, split_interactions
 from test_tasks import events, world_catalog
 
 
@@ -131,7 +131,7 @@ def test_loss_goes_down_on_each_stage():
     from _tiny import CORPUS
 
     from neo import SidVocab, adapt_model
-    from neo.index import SidIndex
+    from neo.core.index import SidIndex
 
     torch.manual_seed(0)
     model, tok, r0 = T.stage0(texts=CORPUS, vocab_size=300, hidden=32, layers=2, block_size=64, max_steps=30,

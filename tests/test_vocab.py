@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from _tiny import make_tokenizer
-from neo.vocab import SidVocab, VocabMismatchError
+from neo.lm.vocab import SidVocab, VocabMismatchError
 
 
 @pytest.mark.parametrize("kind", ["bpe", "wordlevel"])

@@ -4,11 +4,11 @@ Core objects (C++ backed): :class:`SidIndex` (prefix trie over a catalog's seman
 :class:`DecodeState` (batched per-row decoding state that fills packed int32 token bitmasks).
 """
 
-from .bitmask import allocate_token_bitmask, apply_token_bitmask_inplace, bitmask_to_bool, get_bitmask_shape
-from .index import DecodeState, IndexFormatError, RowStatus, SidIndex
-from .layout import TokenLayout, TypeBands
-from .catalog import Catalog, CatalogError, Item, LoadReport
-from .embeddings import (
+from .core.bitmask import allocate_token_bitmask, apply_token_bitmask_inplace, bitmask_to_bool, get_bitmask_shape
+from .core.index import DecodeState, IndexFormatError, RowStatus, SidIndex
+from .core.layout import TokenLayout, TypeBands
+from .items.catalog import Catalog, CatalogError, Item, LoadReport
+from .items.embeddings import (
     Embedder,
     HFEmbedder,
     PrecomputedEmbedder,
@@ -17,15 +17,18 @@ from .embeddings import (
     embed_catalog,
     get_embedder,
 )
-from .sids import SemanticIds, SidReport, build_sids
-from .vocab import SidVocab, VocabMismatchError
-from .model import adapt_model, check_model, embeddings_tied
-from .prompts import TASKS, TEMPLATES, Prompt, PromptBuilder, PromptError
-from .processor import SidLogitsProcessor, SidMasker
-from .generation import GenerationOutput, ItemRef, describe_user, generate, parse_output, recommend, search, topk_items
-from .system import NeoSystem, sids_hash
-from . import baselines, datasets, evaluation, tasks, train
-from .scoring import (
+from .items.sids import SemanticIds, SidReport, build_sids
+from .lm.vocab import SidVocab, VocabMismatchError
+from .lm.adapt import adapt_model, check_model, embeddings_tied
+from .lm.prompts import TASKS, TEMPLATES, Prompt, PromptBuilder, PromptError
+from .lm.processor import SidLogitsProcessor, SidMasker
+from .lm.generation import GenerationOutput, ItemRef, describe_user, generate, parse_output, recommend, search, topk_items
+from .lm.system import NeoSystem, sids_hash
+from . import evaluation
+from .evaluation import baselines
+from .items import datasets
+from .training import tasks, train
+from .scoring.plausibility import (
     ChoiceText,
     ClassifierHead,
     MaskedMultipleChoiceCollator,
@@ -42,8 +45,8 @@ from .scoring import (
     score_text,
     score_tokens,
 )
-from .scoring_data import MultipleChoiceExample, evaluate_examples, load_commonsenseqa, load_copa
-from .tasks import Example, Interactions, Split, TaskBuilder, TaskDataError, load_interactions, split_interactions
+from .scoring.datasets import MultipleChoiceExample, evaluate_examples, load_commonsenseqa, load_copa
+from .training.tasks import Example, Interactions, Split, TaskBuilder, TaskDataError, load_interactions, split_interactions
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,7 @@ use, citation required, no endorsement implied); the conditions ship beside it i
 ``ml-latest-small.LICENSE.txt`` and the citation in ``ml-latest-small.CITATION.txt``. They apply to
 the data only, not to neo's code.
 
-Use :func:`neo.datasets.load_movielens` to get a catalog and interactions from it; this module only
+Use :func:`neo.items.datasets.load_movielens` to get a catalog and interactions from it; this module only
 locates and reads the raw files.
 """
 

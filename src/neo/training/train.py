@@ -426,7 +426,7 @@ def align(model: Any, tokenizer: Any, vocab: Any, examples: Sequence[Example] | 
     -------
     TrainResult
     """
-    from .model import check_model
+    from ..lm.adapt import check_model
 
     check_model(model, vocab)
     feats, rep = _features(examples, tokenizer, weights=weights, num_examples=None, max_length=max_length,
@@ -536,7 +536,7 @@ def stage0_corpus(catalog: Any, *, fields: Sequence[str] | None = None, type_nam
     type_names : item types named in prompts (default: the catalog's)
     max_items : cap on items (sampled with ``seed``)
     """
-    from .prompts import FORMAT_HINTS, TEMPLATES
+    from ..lm.prompts import FORMAT_HINTS, TEMPLATES
     from .tasks import ALIGN_TEMPLATES, PROFILE_TEMPLATES, SEARCH_ATTR_TEMPLATES
 
     rng = np.random.default_rng(seed)
@@ -671,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import pandas as pd
 
-    from .system import NeoSystem
+    from ..lm.system import NeoSystem
     from .tasks import TaskBuilder, load_interactions, split_interactions
 
     ap = argparse.ArgumentParser(prog="python -m neo.train", description="Staged training of a neo system.")
@@ -701,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     system = NeoSystem.load(a.system)
     if system.catalog is None:
         raise SystemExit(f"{a.system} holds no catalog; task builders need one")
-    from .prompts import PromptBuilder
+    from ..lm.prompts import PromptBuilder
 
     tb = TaskBuilder(PromptBuilder(system.tokenizer, system.vocab, system.index, system.catalog), system.catalog,
                      seed=a.seed)

@@ -584,7 +584,7 @@ def load_movielens(path: str | os.PathLike | None = None, *, min_rating: float |
         applied to (target type ``movie``).
     """
     if path is None:
-        from .data import movielens_license, read_bundled_movielens
+        from ..data import movielens_license, read_bundled_movielens
 
         files = read_bundled_movielens()
         source = "bundled ml-latest-small (GroupLens, 2018-09-26)"

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import _core
+from .. import _core
 from .layout import TokenLayout, TypeBands
 
 __all__ = ["SidIndex", "DecodeState", "IndexFormatError", "RowStatus"]

@@ -13,7 +13,7 @@ Layout of a saved directory::
 :meth:`NeoSystem.load` checks that the parts agree -- the tokenizer maps every SID string to its id,
 the model has a row for every id, the index was built for this layout, and the hash of the SIDs in
 the index equals the manifest's (and, when saved, the SIDs files') -- and raises
-:class:`~neo.vocab.VocabMismatchError` naming the part that disagrees. Saving writes into a
+:class:`~neo.lm.vocab.VocabMismatchError` naming the part that disagrees. Saving writes into a
 temporary directory and renames it over the target, so a failed save never corrupts an existing one.
 """
 
@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .index import SidIndex
-from .model import check_model
+from ..core.index import SidIndex
+from .adapt import check_model
 from .prompts import PromptBuilder
 from .vocab import SidVocab, VocabMismatchError
 
@@ -114,7 +114,7 @@ class NeoSystem:
 
         ``init="semantic"`` uses the catalog text of each item (see :func:`neo.adapt_model`).
         """
-        from .model import adapt_model
+        from .adapt import adapt_model
 
         vocab = SidVocab.from_sids(tokenizer, sids, pad_to_multiple_of=pad_to_multiple_of)
         vocab.install(tokenizer)
@@ -224,14 +224,14 @@ class NeoSystem:
             raise VocabMismatchError("index.neotrie holds different SIDs than the system was saved with (hash of the SIDs differs)")
         catalog = sids = None
         if manifest.get("has_catalog"):
-            from .catalog import Catalog
+            from ..items.catalog import Catalog
 
             catalog = Catalog.load(d / "catalog")
             fp = manifest.get("catalog_fingerprint")
             if fp is not None and catalog.fingerprint() != fp:
                 raise VocabMismatchError("catalog/ is not the catalog this system was saved with (fingerprint differs)")
         if manifest.get("has_sids"):
-            from .sids import SemanticIds
+            from ..items.sids import SemanticIds
 
             sids = SemanticIds.load(d / "sids", catalog=catalog)
         return cls(model, tokenizer, vocab, index, catalog, sids)
@@ -267,7 +267,7 @@ class NeoSystem:
         return describe_user(self.model, self.tokenizer, self.vocab, self.index, history, catalog=self.catalog, **kwargs)
 
     def logits_processor(self, **kwargs: Any):
-        """A :class:`~neo.processor.SidLogitsProcessor` for ``self.model.generate``."""
+        """A :class:`~neo.lm.processor.SidLogitsProcessor` for ``self.model.generate``."""
         from .processor import SidLogitsProcessor
 
         kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)

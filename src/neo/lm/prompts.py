@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .index import SidIndex
+from ..core.index import SidIndex
 from .vocab import SidVocab
 
 __all__ = ["Prompt", "PromptBuilder", "TASKS", "FORMATS", "TEMPLATES", "PromptError", "catalog_row", "catalog_item"]

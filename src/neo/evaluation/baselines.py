@@ -154,7 +154,7 @@ class SASRec:
         time_budget_s : float, optional
             Stop after this much training time (checked per epoch).
         """
-        from .evaluation import evaluate_scorer
+        from .runners import evaluate_scorer
 
         x_all, y_all = self._windows(sequences)
         rng = np.random.default_rng(self.seed)

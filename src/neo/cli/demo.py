@@ -116,7 +116,7 @@ def _load_model(path: str) -> tuple[Any, Any]:
 
 
 def _separator_ids(tokenizer: Any) -> list[int]:
-    from .tasks import ITEM_SEPARATOR
+    from ..training.tasks import ITEM_SEPARATOR
 
     return list(dict.fromkeys(tokenizer(ITEM_SEPARATOR, add_special_tokens=False)["input_ids"] +
                               tokenizer(ITEM_SEPARATOR.strip(), add_special_tokens=False)["input_ids"]))
@@ -125,7 +125,7 @@ def _separator_ids(tokenizer: Any) -> list[int]:
 def _examples(system: Any, cases: Any, queries: list[Any]) -> tuple[list[dict[str, Any]], list[Any]]:
     """A few outputs per task and format (constraints on); returns printable records and every
     item generated (to check validity)."""
-    from .prompts import Prompt
+    from ..lm.prompts import Prompt
 
     cat = system.catalog
     sep = _separator_ids(system.tokenizer)
@@ -223,16 +223,16 @@ def run_demo(config: DemoConfig = FULL, *, out_dir: str | os.PathLike = "neo-dem
     """
     import torch
 
-    from .baselines import BM25Search, Popularity, SASRec
-    from .datasets import load_movielens
-    from .embeddings import embed_catalog
-    from .evaluation import (KS, evaluate_scorer, evaluate_search, evaluate_topk, format_compliance, leave_one_out,
+    from ..evaluation.baselines import BM25Search, Popularity, SASRec
+    from ..items.datasets import load_movielens
+    from ..items.embeddings import embed_catalog
+    from ..evaluation import (KS, evaluate_scorer, evaluate_search, evaluate_topk, format_compliance, leave_one_out,
                              neo_search_fn, neo_topk_fn, random_expectation, sid_validity_and_steering)
-    from .prompts import PromptBuilder
-    from .sids import build_sids
-    from .system import NeoSystem
-    from .tasks import TaskBuilder
-    from .train import align, instruct, stage0
+    from ..lm.prompts import PromptBuilder
+    from ..items.sids import build_sids
+    from ..lm.system import NeoSystem
+    from ..training.tasks import TaskBuilder
+    from ..training.train import align, instruct, stage0
 
     cfg = config
     t_start = time.perf_counter()
@@ -420,7 +420,7 @@ def run_eval(data: str | None = None, *, item_text: str | None = None, catalog: 
     Parameters
     ----------
     data : str, optional
-        Dataset spec for :func:`neo.datasets.load_dataset` (default: bundled MovieLens).
+        Dataset spec for :func:`neo.items.datasets.load_dataset` (default: bundled MovieLens).
     protocol : {"loo", "temporal"}
     system_dir : str, optional
         A saved :class:`~neo.NeoSystem`; the interactions are re-indexed to its catalog
@@ -433,9 +433,9 @@ def run_eval(data: str | None = None, *, item_text: str | None = None, catalog: 
     """
     import torch
 
-    from .baselines import BM25Search, Popularity, SASRec
-    from .datasets import Dataset, SearchQuery, load_dataset
-    from .evaluation import (KS, evaluate_scorer, evaluate_search, evaluate_topk, leave_one_out, neo_search_fn,
+    from ..evaluation.baselines import BM25Search, Popularity, SASRec
+    from ..items.datasets import Dataset, SearchQuery, load_dataset
+    from ..evaluation import (KS, evaluate_scorer, evaluate_search, evaluate_topk, leave_one_out, neo_search_fn,
                              neo_topk_fn, random_expectation, temporal_split)
 
     unknown = [b for b in baselines if b not in ("popularity", "sasrec", "random")]
@@ -447,7 +447,7 @@ def run_eval(data: str | None = None, *, item_text: str | None = None, catalog: 
     ds = load_dataset(data, item_text=item_text, catalog=catalog)
     system = None
     if system_dir:
-        from .system import NeoSystem
+        from ..lm.system import NeoSystem
 
         system = NeoSystem.load(system_dir)
         if system.catalog is None:

@@ -1,6 +1,6 @@
 """Constrained decoding for ``model.generate``: :class:`SidLogitsProcessor`, and the shared masker.
 
-:class:`SidMasker` owns a :class:`~neo.index.DecodeState` and its bitmask, and applies the mask to
+:class:`SidMasker` owns a :class:`~neo.core.index.DecodeState` and its bitmask, and applies the mask to
 logits *structurally* instead of touching the whole vocabulary:
 
 * a row in free text (``mixed``/``text`` format) may use every token outside the SID block, so only
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from .bitmask import allocate_token_bitmask
-from .index import DecodeState, RowStatus, SidIndex
+from ..core.bitmask import allocate_token_bitmask
+from ..core.index import DecodeState, RowStatus, SidIndex
 
 __all__ = ["SidMasker", "SidLogitsProcessor", "FORMATS"]
 

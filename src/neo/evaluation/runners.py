@@ -1,21 +1,7 @@
-"""Evaluation protocols and metrics for recommendation, search and controllable generation.
+"""Evaluation drivers: score functions, top-K functions and neo systems run over evaluation cases.
 
-Protocols
----------
-* :func:`leave_one_out` -- the protocol of the public generative-recommendation tables (SASRec,
-  S3-Rec, P5, TIGER): per user, the last item is the test target, the second-to-last the
-  validation target, everything before is training data; the history given to a model is capped at
-  the 20 most recent items; ranking is over **all** candidate items (no sampled negatives).
-* :func:`temporal_split` -- global time cut-offs: training interactions happen before the
-  validation cut-off; a user's first item after a cut-off is their validation/test target.
-
-Metrics
--------
-* Recall/HR@K and NDCG@K for K in (5, 10, 30) from full-ranking scores (:func:`ranks_from_scores`)
-  or from a top-K list (:func:`ranks_from_topk`). With one target per case Recall@K = HR@K.
-  Ties are broken pessimistically (the target ranks after every item with the same score), so a
-  constant scorer earns nothing.
-* Search: Recall@K, HR@K and NDCG@K with several relevant items per query (:func:`search_metrics`).
+* :func:`evaluate_scorer` / :func:`evaluate_topk` / :func:`evaluate_search` turn a model's scores or
+  lists into the metrics of :mod:`neo.evaluation.metrics`.
 * Generation with a neo system: SID validity with constraints off, type steering (fraction of
   unconstrained beams in the requested type, per type) and output-format compliance
   (:func:`sid_validity_and_steering`, :func:`format_compliance`).
@@ -23,271 +9,16 @@ Metrics
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .datasets import Interactions, SearchQuery
+from ..items.datasets import SearchQuery
+from .metrics import KS, metrics_from_ranks, ranks_from_scores, ranks_from_topk, search_metrics
+from .protocols import EvalCases
 
-__all__ = [
-    "KS",
-    "EvalCases",
-    "Split",
-    "leave_one_out",
-    "temporal_split",
-    "ranks_from_scores",
-    "ranks_from_topk",
-    "metrics_from_ranks",
-    "hit_rate_at_k",
-    "recall_at_k",
-    "ndcg_at_k",
-    "search_metrics",
-    "evaluate_scorer",
-    "random_expectation",
-    "evaluate_topk",
-    "evaluate_search",
-    "neo_topk_fn",
-    "neo_search_fn",
-    "sid_validity_and_steering",
-    "format_compliance",
-]
-
-KS = (5, 10, 30)
-_NOT_FOUND = np.iinfo(np.int64).max // 2
-
-
-# ============================================================================ protocols
-
-
-@dataclass
-class EvalCases:
-    """Evaluation cases: for each, a user, a history (capped) and one target item.
-
-    Attributes
-    ----------
-    users : np.ndarray
-        ``int64`` user index per case.
-    histories : list of np.ndarray
-        ``int64`` item indices, oldest first, at most ``max_history`` long.
-    targets : np.ndarray
-        ``int64`` target item per case.
-    """
-
-    users: np.ndarray
-    histories: list[np.ndarray]
-    targets: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.targets.shape[0])
-
-    def subset(self, idx: Sequence[int] | np.ndarray) -> "EvalCases":
-        idx = np.asarray(idx, dtype=np.int64)
-        return EvalCases(self.users[idx], [self.histories[i] for i in idx], self.targets[idx])
-
-
-@dataclass
-class Split:
-    """Training sequences and validation/test cases of one protocol.
-
-    Attributes
-    ----------
-    name : str
-    train : list of np.ndarray
-        Per user, the items a model may train on (oldest first; may be empty).
-    valid, test : EvalCases
-    n_items : int
-    """
-
-    name: str
-    train: list[np.ndarray]
-    valid: EvalCases
-    test: EvalCases
-    n_items: int
-
-
-def _cases(users: list[int], hists: list[np.ndarray], targets: list[int]) -> EvalCases:
-    return EvalCases(np.asarray(users, dtype=np.int64), hists, np.asarray(targets, dtype=np.int64))
-
-
-def leave_one_out(inter: Interactions, *, max_history: int = 20, min_length: int = 3) -> Split:
-    """Leave-one-out: last item -> test, second-to-last -> validation, the rest -> training.
-
-    Parameters
-    ----------
-    inter : Interactions
-    max_history : int
-        Most recent items given as history (20 in the public tables).
-    min_length : int
-        Users with fewer items only contribute training data (they cannot give both a validation
-        and a test target with a non-empty history at 3).
-
-    Returns
-    -------
-    Split
-        ``train[u]`` = items of user ``u`` except the last two; the validation history is that
-        training prefix; the test history is the prefix plus the validation item.
-    """
-    if max_history < 1 or min_length < 3:
-        raise ValueError(f"max_history must be >= 1 and min_length >= 3, got {max_history}, {min_length}")
-    train, vu, vh, vt, tu, th, tt = [], [], [], [], [], [], []
-    for u, s in enumerate(inter.sequences):
-        if s.size < min_length:
-            train.append(s.copy())
-            continue
-        train.append(s[:-2].copy())
-        vu.append(u)
-        vh.append(s[:-2][-max_history:].copy())
-        vt.append(int(s[-2]))
-        tu.append(u)
-        th.append(s[:-1][-max_history:].copy())
-        tt.append(int(s[-1]))
-    return Split("leave-one-out", train, _cases(vu, vh, vt), _cases(tu, th, tt), inter.n_items)
-
-
-def temporal_split(inter: Interactions, *, valid_frac: float = 0.1, test_frac: float = 0.1,
-                   max_history: int = 20) -> Split:
-    """Temporal split with global cut-offs at the time quantiles ``1 - valid_frac - test_frac`` and
-    ``1 - test_frac`` of all interactions.
-
-    Training = every interaction before the validation cut-off. A user's validation target is their
-    first item in ``[t_valid, t_test)`` and their test target their first item at or after
-    ``t_test``; the history is everything the user did before the target (capped at
-    ``max_history``), so no case ever sees its own future. Users with no history before a target
-    give no case for it.
-
-    Raises
-    ------
-    ValueError
-        If the interactions have no timestamps or the fractions are invalid.
-    """
-    if inter.timestamps is None:
-        raise ValueError("temporal_split needs timestamps; this dataset has none (use leave_one_out)")
-    if not (0 < test_frac < 1 and 0 <= valid_frac < 1 and valid_frac + test_frac < 1):
-        raise ValueError(f"invalid fractions valid_frac={valid_frac}, test_frac={test_frac}")
-    all_ts = np.concatenate(inter.timestamps)
-    t_valid = np.quantile(all_ts, 1 - valid_frac - test_frac)
-    t_test = np.quantile(all_ts, 1 - test_frac)
-    train, vu, vh, vt, tu, th, tt = [], [], [], [], [], [], []
-    for u, (s, ts) in enumerate(zip(inter.sequences, inter.timestamps)):
-        train.append(s[ts < t_valid].copy())
-        iv = np.flatnonzero((ts >= t_valid) & (ts < t_test))
-        if iv.size and iv[0] > 0:
-            i = int(iv[0])
-            vu.append(u)
-            vh.append(s[:i][-max_history:].copy())
-            vt.append(int(s[i]))
-        it = np.flatnonzero(ts >= t_test)
-        if it.size and it[0] > 0:
-            i = int(it[0])
-            tu.append(u)
-            th.append(s[:i][-max_history:].copy())
-            tt.append(int(s[i]))
-    return Split("temporal", train, _cases(vu, vh, vt), _cases(tu, th, tt), inter.n_items)
-
-
-# ============================================================================ ranking metrics
-
-
-def ranks_from_scores(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """0-based rank of each target: items scored higher, plus other items scored equal (pessimistic
-    ties). ``-inf`` scores are never ranked; a target scored ``-inf`` gets a huge rank (a miss).
-
-    Parameters
-    ----------
-    scores : np.ndarray
-        ``(B, n_items)`` float.
-    targets : np.ndarray
-        ``(B,)`` item indices.
-    """
-    scores = np.asarray(scores)
-    targets = np.asarray(targets, dtype=np.int64)
-    if scores.ndim != 2 or scores.shape[0] != targets.shape[0]:
-        raise ValueError(f"scores must be (B, n_items) with B = len(targets) = {targets.shape[0]}, got {scores.shape}")
-    if targets.size and (targets.min() < 0 or targets.max() >= scores.shape[1]):
-        raise ValueError(f"target item outside [0, {scores.shape[1]})")
-    t = scores[np.arange(targets.size), targets][:, None]
-    ranks = (scores > t).sum(1) + (scores == t).sum(1) - 1
-    ranks = ranks.astype(np.int64)
-    ranks[np.isneginf(t[:, 0]) | np.isnan(t[:, 0])] = _NOT_FOUND
-    return ranks
-
-
-def ranks_from_topk(topk: Sequence[Sequence[int]], targets: np.ndarray) -> np.ndarray:
-    """0-based position of each target in its ranked list (a huge rank when absent)."""
-    targets = np.asarray(targets, dtype=np.int64)
-    if len(topk) != targets.size:
-        raise ValueError(f"{len(topk)} ranked lists for {targets.size} targets")
-    out = np.full(targets.size, _NOT_FOUND, dtype=np.int64)
-    for i, (lst, t) in enumerate(zip(topk, targets)):
-        for pos, it in enumerate(lst):
-            if int(it) == int(t):
-                out[i] = pos
-                break
-    return out
-
-
-def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = KS) -> dict[str, float]:
-    """HR@K (= Recall@K with one target), NDCG@K (= 1/log2(rank + 2) inside the top K) and MRR."""
-    ranks = np.asarray(ranks, dtype=np.int64)
-    out: dict[str, float] = {"n": int(ranks.size)}
-    if ranks.size == 0:
-        return out
-    for k in ks:
-        hit = ranks < k
-        out[f"hr@{k}"] = float(hit.mean())
-        out[f"recall@{k}"] = out[f"hr@{k}"]
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(np.minimum(ranks, k) + 2.0), 0.0).mean())
-    out["mrr"] = float(np.where(ranks < _NOT_FOUND, 1.0 / (ranks.astype(np.float64) + 1.0), 0.0).mean())
-    return out
-
-
-def hit_rate_at_k(ranked: Sequence[int], relevant: Iterable[int], k: int) -> float:
-    """1.0 if any relevant item is among the first ``k`` of ``ranked``, else 0.0."""
-    rel = {int(x) for x in relevant}
-    return float(any(int(x) in rel for x in list(ranked)[:k]))
-
-
-def recall_at_k(ranked: Sequence[int], relevant: Iterable[int], k: int) -> float:
-    """Fraction of the relevant items found among the first ``k`` of ``ranked``."""
-    rel = {int(x) for x in relevant}
-    if not rel:
-        raise ValueError("recall is undefined without relevant items")
-    return len(rel & {int(x) for x in list(ranked)[:k]}) / len(rel)
-
-
-def ndcg_at_k(ranked: Sequence[int], relevant: Iterable[int], k: int) -> float:
-    """Binary-relevance NDCG@k: DCG of ``ranked[:k]`` over the DCG of an ideal list (all relevant
-    items first). Repeated items count once."""
-    rel = {int(x) for x in relevant}
-    if not rel:
-        raise ValueError("NDCG is undefined without relevant items")
-    dcg, seen = 0.0, set()
-    for pos, x in enumerate(list(ranked)[:k]):
-        x = int(x)
-        if x in rel and x not in seen:
-            dcg += 1.0 / math.log2(pos + 2)
-        seen.add(x)
-    idcg = sum(1.0 / math.log2(p + 2) for p in range(min(len(rel), k)))
-    return dcg / idcg
-
-
-def search_metrics(ranked: Sequence[Sequence[int]], relevant: Sequence[Iterable[int]],
-                   ks: Iterable[int] = KS) -> dict[str, float]:
-    """Mean Recall@K, HR@K and NDCG@K over queries with several relevant items each."""
-    if len(ranked) != len(relevant):
-        raise ValueError(f"{len(ranked)} ranked lists for {len(relevant)} queries")
-    out: dict[str, float] = {"n": len(ranked)}
-    if not ranked:
-        return out
-    rels = [list(r) for r in relevant]
-    for k in ks:
-        out[f"recall@{k}"] = float(np.mean([recall_at_k(a, r, k) for a, r in zip(ranked, rels)]))
-        out[f"hr@{k}"] = float(np.mean([hit_rate_at_k(a, r, k) for a, r in zip(ranked, rels)]))
-        out[f"ndcg@{k}"] = float(np.mean([ndcg_at_k(a, r, k) for a, r in zip(ranked, rels)]))
-    return out
-
+__all__ = ["evaluate_scorer", "random_expectation", "evaluate_topk", "evaluate_search", "neo_topk_fn",
+           "neo_search_fn", "sid_validity_and_steering", "format_compliance"]
 
 # ============================================================================ evaluation drivers
 
@@ -409,7 +140,7 @@ def neo_topk_fn(system: Any, *, target_type: str | None = None, num_beams: int =
         Only the most recent items go into the prompt (the model's input window; the protocol's cap
         of 20 applies first).
     """
-    from .prompts import Prompt
+    from ..lm.prompts import Prompt
 
     def fn(histories: list[np.ndarray], k: int) -> list[list[int]]:
         prompts, hidden = [], []
@@ -430,7 +161,7 @@ def neo_topk_fn(system: Any, *, target_type: str | None = None, num_beams: int =
 
 def neo_search_fn(system: Any, *, target_type: str | None = None, num_beams: int = 30) -> Callable:
     """Ranked lists for text queries from a neo system's constrained beam search."""
-    from .prompts import Prompt
+    from ..lm.prompts import Prompt
 
     def fn(queries: list[str], k: int) -> list[list[int]]:
         prompts = [Prompt(task="search", target_types=target_type, query=q, k=k, template=0) for q in queries]
@@ -442,11 +173,11 @@ def neo_search_fn(system: Any, *, target_type: str | None = None, num_beams: int
 
 def _unconstrained_beams(system: Any, prompts: list[Any], num_beams: int, max_new_tokens: int) -> list[list[Any]]:
     """Plain Hugging Face beam search (no neo constraints) from prompts ending with ``[SID]``;
-    returns, per prompt, the first :class:`~neo.generation.ItemRef` of each beam (or ``None`` when a
+    returns, per prompt, the first :class:`~neo.lm.generation.ItemRef` of each beam (or ``None`` when a
     beam opened no span, e.g. wrote text)."""
     import torch
 
-    from .generation import parse_output
+    from ..lm.generation import parse_output
 
     builder = system.prompt_builder()
     tok = system.tokenizer
@@ -478,7 +209,7 @@ def sid_validity_and_steering(system: Any, histories: Sequence[np.ndarray], *, t
     (validity) and, per type, the fraction whose item is of type ``t`` (steering, read from the
     first code token's band, valid or not).
     """
-    from .prompts import Prompt
+    from ..lm.prompts import Prompt
 
     types = list(types or system.vocab.type_names)
     max_new = max(t.levels for t in system.vocab.layout.types) + 1
@@ -518,7 +249,7 @@ def format_compliance(system: Any, histories: Sequence[np.ndarray], *, formats: 
     item; ``mixed``: words and at least one item, every item real. With ``constrained=False`` this
     measures what the model learned; with the constraints on, ``ids``/``text`` hold by construction.
     """
-    from .prompts import Prompt
+    from ..lm.prompts import Prompt
 
     out: dict[str, float] = {}
     hs = list(histories)[:max_prompts]

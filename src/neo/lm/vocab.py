@@ -1,6 +1,6 @@
 """SID vocabulary: the token strings and ids of semantic IDs inside a Hugging Face tokenizer.
 
-A :class:`SidVocab` pairs a :class:`~neo.layout.TokenLayout` (which id is which (type, level, code))
+A :class:`SidVocab` pairs a :class:`~neo.core.layout.TokenLayout` (which id is which (type, level, code))
 with the token *strings* a tokenizer knows them by:
 
 * span delimiters ``[SID]`` and ``[/SID]``;
@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .layout import TokenLayout
+from ..core.layout import TokenLayout
 
 __all__ = ["SidVocab", "VocabMismatchError"]
 
@@ -85,7 +85,7 @@ class SidVocab:
 
     @classmethod
     def from_sids(cls, tokenizer: Any, sids: Any, *, pad_to_multiple_of: int = 1, **kwargs: Any) -> "SidVocab":
-        """Vocabulary for a :class:`neo.sids.SemanticIds` (anything with ``type_names`` and
+        """Vocabulary for a :class:`neo.items.sids.SemanticIds` (anything with ``type_names`` and
         ``codebook_sizes`` per type) after a tokenizer's vocabulary."""
         sizes = {t: list(sids.codebook_sizes[t]) for t in sids.type_names}
         return cls.for_tokenizer(tokenizer, sizes, pad_to_multiple_of=pad_to_multiple_of, **kwargs)

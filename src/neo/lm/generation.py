@@ -2,10 +2,10 @@
 
 * :func:`generate` -- greedy or sampled decoding of mixed text + SID spans. Each step: one model
   forward with the KV cache, the C++ core fills the rows' bitmasks (incrementally, GIL released),
-  the mask is applied structurally (:class:`~neo.processor.SidMasker`: free-text rows touch only the
+  the mask is applied structurally (:class:`~neo.lm.processor.SidMasker`: free-text rows touch only the
   SID block), and the token is chosen by argmax or ``neo.kernels.sample_masked`` (Triton on CUDA,
   torch reference on CPU). Greedy outputs are identical to ``model.generate`` with
-  :class:`~neo.processor.SidLogitsProcessor`.
+  :class:`~neo.lm.processor.SidLogitsProcessor`.
 * :func:`topk_items` (and :func:`recommend` / :func:`search`) -- constrained beam search over the
   trie for the K most likely **distinct** items. The prompt ends with ``[SID]``; every step scores
   only the SID block with a full-vocabulary log-softmax; an item's score is the sum of its code
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .index import RowStatus, SidIndex
+from ..core.index import RowStatus, SidIndex
 from .processor import FORMATS, SidMasker
 from .prompts import Prompt, PromptBuilder, catalog_item
 from .vocab import SidVocab
@@ -294,7 +294,7 @@ def generate(
     -------
     list of GenerationOutput, one per prompt.
     """
-    from .kernels import sample_masked
+    from ..kernels import sample_masked
 
     device = model.device
     overrides = dict(format=format, allowed_types=allowed_types, exclude=exclude, allow=allow, max_items=max_items)

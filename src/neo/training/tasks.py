@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .prompts import Prompt, PromptBuilder
+from ..lm.prompts import Prompt, PromptBuilder
 
 __all__ = [
     "Example", "EvalCase", "InteractionReport", "Interactions", "Split", "TaskBuilder", "TaskDataError",

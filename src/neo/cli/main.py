@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--steps", type=int, default=64)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=_quickstart)
-    from .bench import add_bench_parser
+    from ..bench.bench import add_bench_parser
     from .demo import add_parser as add_demo_eval_parsers
 
     add_demo_eval_parsers(sub)  # `neo demo` and `neo eval`
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("train", help="staged training (align / instruct); see `neo train --help`", add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # neo.train owns its own argument parser (also used under torchrun)
-        from .train import main as train_main
+        from ..training.train import main as train_main
 
         return train_main(argv[1:])
     args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .catalog import Catalog
-from .layout import TokenLayout
+from ..core.layout import TokenLayout
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embeddings import Embedder
@@ -690,7 +690,7 @@ def build_sids(
         Items; each type gets its own codebooks.
     embeddings : np.ndarray, torch.Tensor, Embedder or str
         ``float[N, D]`` in catalog row order (a NumPy memmap works and is read per chunk), or an
-        embedder / spec passed to :func:`neo.embeddings.get_embedder` (e.g. ``"tfidf"``).
+        embedder / spec passed to :func:`neo.items.embeddings.get_embedder` (e.g. ``"tfidf"``).
     levels : int or mapping type -> int, optional
         Base levels per type (before a disambiguation level). Default: :func:`default_sid_config`.
     codebook_size : int, sequence of int, or mapping type -> either, optional

@@ -45,7 +45,7 @@ def apply_token_bitmask_inplace(logits: torch.Tensor, bitmask: torch.Tensor, ind
     backend : {"auto", "triton", "torch"}
         ``auto`` uses Triton on CUDA tensors and the torch reference otherwise.
     """
-    from .kernels import apply_token_bitmask_inplace as _apply
+    from ..kernels import apply_token_bitmask_inplace as _apply
 
     _apply(logits, bitmask, indices=indices, vocab_size=vocab_size, backend=backend)
 

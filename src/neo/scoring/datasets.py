@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .scoring import ChoiceText, accuracy, format_copa, format_qa, score_text
+from .plausibility import ChoiceText, accuracy, format_copa, format_qa, score_text
 
 __all__ = ["MultipleChoiceExample", "load_copa", "load_commonsenseqa", "build_description_choice_task",
            "evaluate_examples"]

@@ -18,7 +18,7 @@ from .metrics import KS, metrics_from_ranks, ranks_from_scores, ranks_from_topk,
 from .protocols import EvalCases
 
 __all__ = ["evaluate_scorer", "random_expectation", "evaluate_topk", "evaluate_search", "neo_topk_fn",
-           "neo_search_fn", "sid_validity_and_steering", "format_compliance"]
+           "neo_search_fn", "neo_validation_fn", "sid_validity_and_steering", "format_compliance"]
 
 # ============================================================================ evaluation drivers
 
@@ -155,6 +155,36 @@ def neo_topk_fn(system: Any, *, target_type: str | None = None, num_beams: int =
         extra = max((len(x) for x in hidden), default=0)
         res = system.topk_items(prompts, k=k + extra, num_beams=max(num_beams, k + extra))
         return [[it.row for it in r if it.row not in hid][:k] for r, hid in zip(res, hidden)]
+
+    return fn
+
+
+def neo_validation_fn(system: Any, cases: EvalCases, *, target_type: str | None = None, num_beams: int = 20,
+                      max_history: int | None = None, ks: Iterable[int] = (10,),
+                      batch_size: int = 32) -> Callable[[Any], dict[str, float]]:
+    """A validation function for :class:`neo.training.train.Validation`: ``fn(model)`` ranks the
+    ``cases`` (validation targets, never test ones) with the system's tokenizer, index and catalog but
+    the given ``model`` (the one being trained), by constrained beam search with the history
+    excluded, and returns ``hr@K`` / ``ndcg@K`` for each ``K`` in ``ks``.
+
+    Parameters
+    ----------
+    system : NeoSystem
+        Its ``model`` is not used (the trained model is passed to ``fn``).
+    cases : EvalCases
+        Validation cases (:attr:`neo.evaluation.protocols.Split.valid`).
+    target_type, num_beams, max_history : as in :func:`neo_topk_fn`.
+    """
+    import copy
+
+    ks = tuple(ks)
+
+    def fn(model: Any) -> dict[str, float]:
+        view = copy.copy(system)
+        view.model = model
+        m = evaluate_topk(neo_topk_fn(view, target_type=target_type, num_beams=num_beams, max_history=max_history),
+                          cases, ks=ks, batch_size=batch_size)
+        return {key: m[key] for k in ks for key in (f"hr@{k}", f"ndcg@{k}")}
 
     return fn
 

@@ -268,6 +268,7 @@ def generate(
     eos_token_id: int | Sequence[int] | None = None,
     constrained: bool = True,
     num_threads: int = 1,
+    repetition_penalty: float = 1.0,
 ) -> list[GenerationOutput]:
     """Generate answers with every item span guaranteed to be a real catalog item.
 
@@ -289,6 +290,10 @@ def generate(
         Override what the prompts imply (same for every prompt).
     constrained : bool
         ``False`` decodes without any mask (for comparisons).
+    repetition_penalty : float
+        > 1 discourages repeating a text token already generated in the answer (CTRL-style: its
+        logit is divided by the penalty when positive, multiplied when negative); SID tokens are
+        exempt (repeated items are handled by ``exclude_emitted``). 1.0: off.
 
     Returns
     -------
@@ -314,7 +319,11 @@ def generate(
     out_tokens = np.full((B, max_new_tokens), -1, dtype=np.int64)
     finished = np.zeros(B, dtype=bool)
     eos_set = np.asarray(eos)
+    seen = torch.zeros_like(logits, dtype=torch.bool) if repetition_penalty != 1.0 else None
     for step in range(max_new_tokens):
+        if seen is not None and step:
+            pen = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+            logits = torch.where(seen, pen, logits)
         if constrained:
             masker.apply(logits)
         if do_sample and temperature > 0:
@@ -331,6 +340,9 @@ def generate(
         if constrained and live.size:
             masker.advance(tok[live], live if live.size < B else None)
         out_tokens[live, step] = tok[live]
+        if seen is not None:
+            text_rows = live[(tok[live] < vocab.token_begin) | (tok[live] >= vocab.token_end)]
+            seen[torch.as_tensor(text_rows, device=device), torch.as_tensor(tok[text_rows], device=device)] = True
         finished |= np.isin(tok, eos_set) | bad
         if finished.all() or step == max_new_tokens - 1:
             break
@@ -510,7 +522,9 @@ def search(model: Any, tokenizer: Any, vocab: SidVocab, index: SidIndex, query: 
 
 
 def describe_user(model: Any, tokenizer: Any, vocab: SidVocab, index: SidIndex, history: Sequence[Any], *,
-                  catalog: Any = None, max_new_tokens: int = 64, **kwargs: Any) -> GenerationOutput:
-    """A text description of a user's taste (``text`` format: no items)."""
+                  catalog: Any = None, max_new_tokens: int = 64, repetition_penalty: float = 1.3,
+                  **kwargs: Any) -> GenerationOutput:
+    """A text description of a user's taste (``text`` format: no items; repeated words penalised)."""
     p = Prompt(task="describe_user", history=list(history))
-    return generate(model, tokenizer, vocab, index, [p], catalog=catalog, max_new_tokens=max_new_tokens, **kwargs)[0]
+    return generate(model, tokenizer, vocab, index, [p], catalog=catalog, max_new_tokens=max_new_tokens,
+                    repetition_penalty=repetition_penalty, **kwargs)[0]

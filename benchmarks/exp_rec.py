@@ -1,0 +1,296 @@
+"""Experiment: neo as a sequential recommender vs SASRec (full CE) and popularity, same run, same protocol.
+
+Protocol: leave-one-out (per user the last item is the test target, the one before it the validation
+target, everything earlier trains), history capped at 20 items, full ranking over every candidate item,
+history items excluded, ties against the model. neo and SASRec select their weights on validation only
+(neo: NDCG@10 of constrained beam search on ``--valid-users`` validation targets; SASRec: NDCG@10 on all
+validation targets); the test split is read once, at the end.
+
+neo here: a small causal LM trained from scratch on SID sequences (:meth:`TaskBuilder.rec_sequences`: a
+short instruction, the history as SID spans, loss on every next item), optionally mixed with the other
+instruction tasks (``--mix``), with early stopping and a time budget; ranking by constrained beam search.
+
+Datasets: ``demo`` (the ``neo demo`` catalog: the 1,000 most-rated movies and 100 most-used tags of the
+bundled ml-latest-small, tag applications as side events), ``ml-latest-small`` (all 9,742 movies, bundled
+copy), ``ml-100k`` (``--data`` directory with u.data / u.item, read locally, never committed).
+
+Run, e.g.::
+
+    python benchmarks/exp_rec.py --dataset demo --threads 1 --json /tmp/r.json
+    python benchmarks/exp_rec.py --dataset ml-100k --data /work/shared/data/ml-100k --max-minutes 25
+
+Prints one summary line (and a Markdown table) and writes the JSON given by ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import machine_info  # noqa: E402
+
+
+# ============================================================================ data
+
+
+def load_ml100k(root: Path) -> Any:
+    """ml-100k as a neo Dataset: catalog from u.item (title, year, genres), interactions from u.data."""
+    from neo.items.catalog import Catalog
+    from neo.items.datasets import Dataset, Interactions
+
+    genres = [ln.split("|")[0] for ln in (root / "u.genre").read_text(encoding="latin-1").splitlines() if ln.strip()]
+    recs = []
+    for ln in (root / "u.item").read_text(encoding="latin-1").splitlines():
+        f = ln.split("|")
+        if len(f) < 5 + len(genres):
+            continue
+        flags = f[5:5 + len(genres)]
+        g = ", ".join(genres[i] for i, x in enumerate(flags) if x == "1" and genres[i] != "unknown")
+        title = f[1].strip() or f"item {f[0]}"
+        recs.append({"id": f"movie:{f[0]}", "type": "movie", "title": title, "genres": g or "unknown"})
+    users, items, times = [], [], []
+    for ln in (root / "u.data").read_text().splitlines():
+        u, i, _r, t = ln.split("\t")
+        users.append(u)
+        items.append(f"movie:{i}")
+        times.append(int(t))
+    counts: dict[str, int] = {}
+    for i in items:
+        counts[i] = counts.get(i, 0) + 1
+    for r in recs:
+        r["popularity"] = float(counts.get(r["id"], 0))
+    cat = Catalog.from_records(recs, text_fields=["title", "genres"], types=["movie"], source="ml-100k")
+    inter = Interactions.from_triples(users, items, times, item_ids=cat.ids)
+    return Dataset("ml-100k", inter, cat, "movie", [], {"source": str(root)})
+
+
+def load(a: argparse.Namespace) -> Any:
+    from neo.items.datasets import load_movielens
+
+    if a.dataset == "demo":
+        return load_movielens().subset(max_items=a.max_movies or 1000, max_other=100 if a.max_tags is None else
+                                       a.max_tags, seed=a.seed)
+    if a.dataset == "ml-latest-small":
+        ds = load_movielens(a.data)
+        return ds.subset(max_items=a.max_movies, max_other=0 if a.max_tags is None else a.max_tags, seed=a.seed)
+    if a.dataset == "ml-100k":
+        return load_ml100k(Path(a.data or "/work/shared/data/ml-100k"))
+    raise SystemExit(f"unknown dataset {a.dataset}")
+
+
+# ============================================================================ run
+
+
+def embeddings(a: argparse.Namespace, ds: Any, split: Any) -> Any:
+    from neo.items import embeddings as E
+
+    if a.embedding == "tfidf":
+        return E.embed_catalog(ds.catalog, "tfidf")
+    fn = getattr(E, f"{a.embedding}_embeddings", None)
+    if fn is None:
+        raise SystemExit(f"--embedding {a.embedding}: neo.items.embeddings has no {a.embedding}_embeddings")
+    return fn(ds.catalog, split.train)
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from neo.evaluation import evaluate_scorer, evaluate_topk, leave_one_out, neo_topk_fn, random_expectation
+    from neo.evaluation.baselines import Popularity, SASRec
+    from neo.evaluation.runners import neo_validation_fn
+    from neo.items.sids import build_sids
+    from neo.lm.prompts import PromptBuilder
+    from neo.lm.system import NeoSystem
+    from neo.training.tasks import TaskBuilder
+    from neo.training.train import Validation, instruct, small_model, stage0, stage0_corpus, train_tokenizer
+
+    t_all = time.perf_counter()
+    rng = np.random.default_rng(a.seed)
+    ds = load(a)
+    cat = ds.catalog
+    split = leave_one_out(ds.interactions)
+    cand = ds.candidate_rows()
+    test = split.test if not a.test_users else split.test.subset(
+        np.sort(rng.choice(len(split.test), size=min(a.test_users, len(split.test)), replace=False)))
+    valid = split.valid.subset(np.sort(rng.choice(len(split.valid), size=min(a.valid_users, len(split.valid)),
+                                                  replace=False)))
+    out: dict[str, Any] = {"args": vars(a), "machine": machine_info(), "dataset": {
+        "name": ds.name, "items": len(cat), "types": {t: int(c) for t, c in zip(cat.type_names, cat.type_counts())},
+        "users": ds.interactions.n_users, "interactions": ds.interactions.n_interactions,
+        "test_cases": len(test), "valid_cases_for_neo": len(valid), "candidates": int(len(cand))}}
+    print(f"data {out['dataset']}", flush=True)
+
+    # ---- SIDs
+    t0 = time.perf_counter()
+    kw: dict[str, Any] = {}
+    if a.balance:
+        kw["balance"] = a.balance
+    sids = build_sids(cat, embeddings(a, ds, split), levels=a.levels,
+                      codebook_size=a.codebook_size if len(a.codebook_size) > 1 else a.codebook_size[0],
+                      seed=a.seed, **kw)
+    out["sids"] = {"report": json.loads(sids.report.to_json()), "seconds": time.perf_counter() - t0}
+    print(sids.report, flush=True)
+
+    # ---- model
+    t_train = time.perf_counter()
+    corpus = stage0_corpus(cat, seed=a.seed)
+    mk = {"arch": a.arch, "heads": a.heads, "dropout": a.dropout}
+    if a.stage0_steps:
+        model, tok, r0 = stage0(texts=corpus, vocab_size=a.vocab_size, hidden=a.hidden, layers=a.layers,
+                                max_steps=a.stage0_steps, batch_size=16, seed=a.seed, progress=a.progress,
+                                model_kwargs=mk)
+        out["stage0"] = {"steps": r0.global_step, "tokens_per_s": r0.tokens_per_s}
+    else:
+        tok = train_tokenizer(corpus, vocab_size=a.vocab_size)
+        model = small_model(tok, hidden=a.hidden, layers=a.layers, seed=a.seed, **mk)
+    system = NeoSystem.build(model, tok, cat, sids)
+    tb = TaskBuilder(PromptBuilder(system.tokenizer, system.vocab, system.index, cat), cat, seed=a.seed,
+                     max_history=a.window)
+    if ds.side is not None and ds.interactions.timestamps is not None:
+        val_time = [float(t[-2]) if t.size >= 3 else float("inf") for t in ds.interactions.timestamps]
+        seqs = ds.training_sequences(split.train, val_time)
+    else:
+        seqs = {ds.interactions.user_ids[u]: s for u, s in enumerate(split.train)}
+    seqs = {u: s for u, s in seqs.items() if len(s)}
+    tasks = ["recommend"] + (["search", "describe_user", "recommend_mixed", "recommend_explain", "explain"]
+                             if a.mix else [])
+    pools = tb.instruction(seqs, tasks=tasks, window=a.window, max_per_user=4, search_examples=len(cat),
+                           rec_types=a.rec_types)
+    if a.split_rec_types:
+        by = {}
+        for w in pools["recommend"].windows:
+            key = "recommend" if (w.target_types or [None])[0] in (None, ds.target_type) else \
+                f"recommend_{w.target_types[0]}"
+            by.setdefault(key, []).append(w)
+        from neo.training.tasks import RecSequences
+
+        rec = {k: RecSequences(tb, v) for k, v in by.items()}
+        pools = {**{k: v for k, v in pools.items() if k != "recommend"}, **rec}
+    weights = {"recommend": 1.0}
+    for t in pools:
+        if t != "recommend":
+            weights[t] = a.other_weight if not t.startswith("recommend_") or t in (
+                "recommend_mixed", "recommend_explain") else a.type_weight
+    n_rec = len(pools["recommend"])
+    per_epoch = int(round(n_rec * sum(weights.values()) / weights["recommend"]))
+    fn = neo_validation_fn(system, valid, target_type=ds.target_type, num_beams=a.valid_beams, max_history=a.window)
+    validation = Validation(fn, metric="ndcg@10", every_epochs=a.valid_every, patience=a.patience) \
+        if a.valid_users else None
+    pool_sizes = {k: len(v) for k, v in pools.items()}
+    print(f"pools {pool_sizes}, {per_epoch} examples per epoch", flush=True)
+    res = instruct(system.model, system.tokenizer, pools, weights=weights, num_examples=per_epoch, epochs=a.epochs,
+                   batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed, progress=a.progress,
+                   logging_steps=20, max_length=a.max_length, validation=validation,
+                   max_minutes=a.max_minutes - (time.perf_counter() - t_train) / 60 if a.max_minutes else None,
+                   packing=a.packing)
+    system.model = res.model.eval()
+    train_s = time.perf_counter() - t_train
+    out["neo_training"] = {"seconds": train_s, "steps": res.global_step, "stop_reason": res.stop_reason,
+                           "tokens": res.tokens, "loss_tokens": res.loss_tokens, "tokens_per_s": res.tokens_per_s,
+                           "loss_token_share": res.loss_token_share, "best": res.best,
+                           "eval_history": res.eval_history, "pools": pool_sizes, "weights": weights,
+                           "examples_per_epoch": per_epoch, "loss_first": res.losses[0] if res.losses else None,
+                           "loss_last": res.losses[-1] if res.losses else None}
+    print(f"neo trained {train_s:.0f} s, {res.global_step} steps ({res.stop_reason}), {res.tokens_per_s:,.0f} tok/s, "
+          f"loss tokens {res.loss_token_share:.0%}, best {res.best}", flush=True)
+
+    # ---- test (read once)
+    table: dict[str, dict[str, float]] = {}
+    table["random (expected)"] = random_expectation(test, split.n_items, candidates=cand)
+    pop = Popularity().fit(split.train, split.n_items)
+    table["popularity"] = evaluate_scorer(pop.score, test, candidates=cand)
+    t0 = time.perf_counter()
+    neo_lists: list[list[int]] = []
+    nfn = neo_topk_fn(system, target_type=ds.target_type, num_beams=a.num_beams, max_history=a.window)
+
+    def rec(hs: list[np.ndarray], k: int) -> list[list[int]]:
+        got = nfn(hs, k)
+        neo_lists.extend(got)
+        return got
+
+    table["neo"] = evaluate_topk(rec, test, batch_size=32)
+    out["neo_test_seconds"] = time.perf_counter() - t0
+    top1 = {"neo": len({x[0] for x in neo_lists if x})}
+    if a.sasrec_epochs:
+        t0 = time.perf_counter()
+        sas = SASRec(split.n_items, seed=a.seed).fit(split.train, epochs=a.sasrec_epochs, valid=split.valid,
+                                                     progress=a.progress)
+        out["sasrec_seconds"] = time.perf_counter() - t0
+        table["SASRec (full CE)"] = evaluate_scorer(sas.score, test, candidates=cand)
+        s = np.array(sas.score(test.histories), dtype=np.float64)
+        mask = np.ones(s.shape[1], dtype=bool)
+        mask[cand] = False
+        s[:, mask] = -np.inf
+        for i, h in enumerate(test.histories):
+            s[i, h[h != test.targets[i]]] = -np.inf
+        top1["SASRec (full CE)"] = len(set(np.argmax(s, 1).tolist()))
+        out["sasrec_history"] = sas.history
+    out["test"] = table
+    out["top1_distinct"] = top1
+    out["total_seconds"] = time.perf_counter() - t_all
+    cols = ["hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@30", "ndcg@30"]
+    print("| model | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
+    for k, m in table.items():
+        print(f"| {k} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |")
+    print(f"top-1 distinct: {top1}; total {out['total_seconds']:.0f} s", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="demo", choices=["demo", "ml-latest-small", "ml-100k"])
+    ap.add_argument("--data", help="dataset directory (ml-100k; a MovieLens directory for ml-latest-small)")
+    ap.add_argument("--max-movies", type=int)
+    ap.add_argument("--max-tags", type=int)
+    ap.add_argument("--embedding", default="tfidf", help="tfidf, or X for neo.items.embeddings.X_embeddings")
+    ap.add_argument("--balance", default=None, help="passed to build_sids(balance=) when given")
+    ap.add_argument("--levels", type=int, default=2)
+    ap.add_argument("--codebook-size", type=int, nargs="+", default=[32])
+    ap.add_argument("--arch", default="llama", choices=["llama", "gpt2"])
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--vocab-size", type=int, default=1000, help="text vocabulary of the tokenizer trained here")
+    ap.add_argument("--stage0-steps", type=int, default=0)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--weight-decay", type=float)
+    ap.add_argument("--epochs", type=float, default=40)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--window", type=int, default=20)
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--packing", action="store_true")
+    ap.add_argument("--rec-types", default="each")
+    ap.add_argument("--split-rec-types", action="store_true", help="one pool per target type (weights)")
+    ap.add_argument("--type-weight", type=float, default=0.1)
+    ap.add_argument("--mix", action="store_true", help="add search, profiles, explanations, mixed lists")
+    ap.add_argument("--other-weight", type=float, default=0.05)
+    ap.add_argument("--valid-users", type=int, default=300)
+    ap.add_argument("--valid-beams", type=int, default=20)
+    ap.add_argument("--valid-every", type=float, default=2.0)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--num-beams", type=int, default=30)
+    ap.add_argument("--test-users", type=int, default=0, help="0: every test user")
+    ap.add_argument("--max-minutes", type=float, default=30.0, help="neo's training budget (model + SIDs excluded)")
+    ap.add_argument("--sasrec-epochs", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--json", help="write the results here")
+    a = ap.parse_args(argv)
+    res = run(a)
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -750,6 +750,7 @@ def _trainer_cls() -> type:
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             n = inputs.pop("neo_num_tokens", None)
+
             if self.neo_meter is not None and model.training:
                 lab = inputs.get("labels")
                 self.neo_meter.tokens += int(n) if n is not None else int(inputs["input_ids"].numel())
@@ -759,6 +760,16 @@ def _trainer_cls() -> type:
                                         num_items_in_batch=num_items_in_batch)
 
     return NeoTrainer
+
+
+def _has_accelerator() -> bool:
+    if torch.cuda.is_available():
+        return True
+    for name in ("xpu", "npu", "mlu", "musa"):
+        mod = getattr(torch, name, None)
+        if mod is not None and getattr(mod, "is_available", lambda: False)():
+            return True
+    return False
 
 
 def _training_args(output_dir: str, *, max_steps: int, batch_size: int, lr: float, weight_decay: float,
@@ -778,6 +789,10 @@ def _training_args(output_dir: str, *, max_steps: int, batch_size: int, lr: floa
         remove_unused_columns=False, dataloader_num_workers=0, train_sampling_strategy="sequential",
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
+        # several CPU processes (torchrun): without use_cpu, TrainingArguments sets up no DDP at all and every
+        # process silently trains alone on the whole data; with it, accelerate runs MULTI_CPU over gloo
+        kw["use_cpu"] = True
     if warmup < 1:
         kw["warmup_steps"] = int(math.ceil(float(warmup) * max_steps))
     else:

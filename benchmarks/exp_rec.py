@@ -88,11 +88,46 @@ def load(a: argparse.Namespace) -> Any:
 # ============================================================================ run
 
 
+def cooccurrence_embeddings(ds: Any, train: list[np.ndarray], dim: int = 64) -> np.ndarray:
+    """Benchmark-local collaborative item vectors (used until neo.items ships its own): a truncated SVD of
+    the cosine-normalised item-item co-occurrence of the training sequences (validation and test targets
+    are not in them); items of other types (tags) keep their TF-IDF vectors in the same width."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.linalg import svds
+
+    from neo.items.embeddings import embed_catalog
+
+    cat = ds.catalog
+    n = len(cat)
+    rows = np.concatenate([np.full(len(s), u) for u, s in enumerate(train) if len(s)])
+    cols = np.concatenate([s for s in train if len(s)])
+    x = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(train), n))
+    x.data[:] = 1.0
+    c = (x.T @ x).tocsr().astype(np.float64)
+    d = np.sqrt(np.maximum(c.diagonal(), 1.0))
+    c = c.multiply(1.0 / d[:, None]).multiply(1.0 / d[None, :]).tocsr()
+    c.setdiag(0.0)
+    k = min(dim, n - 2)
+    u, sv, _ = svds(c, k=k, random_state=0)
+    emb = np.zeros((n, max(dim, 8)), dtype=np.float32)
+    emb[:, :k] = (u * np.sqrt(np.abs(sv))).astype(np.float32)
+    if ds.target_type is not None:
+        other = np.flatnonzero(np.asarray([cat.type_of(r) != ds.target_type for r in range(n)]))
+        if other.size:
+            te = embed_catalog(cat, "tfidf")
+            w = min(te.shape[1], emb.shape[1])
+            emb[other] = 0.0
+            emb[other, :w] = te[other, :w]
+    return emb
+
+
 def embeddings(a: argparse.Namespace, ds: Any, split: Any) -> Any:
     from neo.items import embeddings as E
 
     if a.embedding == "tfidf":
         return E.embed_catalog(ds.catalog, "tfidf")
+    if a.embedding == "cooc":
+        return cooccurrence_embeddings(ds, split.train)
     fn = getattr(E, f"{a.embedding}_embeddings", None)
     if fn is None:
         raise SystemExit(f"--embedding {a.embedding}: neo.items.embeddings has no {a.embedding}_embeddings")
@@ -250,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", help="dataset directory (ml-100k; a MovieLens directory for ml-latest-small)")
     ap.add_argument("--max-movies", type=int)
     ap.add_argument("--max-tags", type=int)
-    ap.add_argument("--embedding", default="tfidf", help="tfidf, or X for neo.items.embeddings.X_embeddings")
+    ap.add_argument("--embedding", default="tfidf",
+                    help="tfidf, cooc (benchmark-local co-occurrence SVD), or X for neo.items.embeddings.X_embeddings")
     ap.add_argument("--balance", default=None, help="passed to build_sids(balance=) when given")
     ap.add_argument("--levels", type=int, default=2)
     ap.add_argument("--codebook-size", type=int, nargs="+", default=[32])

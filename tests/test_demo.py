@@ -50,3 +50,20 @@ def test_cli_registers_demo_and_eval():
     assert a.quick and a.json == "x.json" and callable(a.run)
     e = ap.parse_args(["eval", "--data", "movielens", "--protocol", "temporal", "--baselines", "popularity"])
     assert e.protocol == "temporal" and e.baselines == "popularity" and callable(e.run)
+
+
+def test_demo_bad_data_fails_before_printing_or_creating_anything(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    bad = tmp_path / "not-movielens"
+    bad.mkdir()
+    (bad / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
+    for data, why in ((tmp_path / "missing", "not a directory"), (bad, "movies.csv, tags.csv missing")):
+        r = subprocess.run([sys.executable, "-m", "neo.cli", "demo", "--data", str(data), "--out", str(out)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert r.stdout == "" and not out.exists(), (r.stdout, out)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("neo demo: error: --data") and why in lines[0], r.stderr

@@ -72,8 +72,8 @@ class DemoConfig:
     sasrec_epochs: int = 40
     probe_prompts: int = 10
     task_weights: dict[str, float] = field(default_factory=lambda: {
-        "recommend": 1.0, "search": 0.15, "describe_user": 0.04, "recommend_mixed": 0.04, "recommend_explain": 0.03,
-        "explain": 0.03})
+        "recommend": 1.0, "recommend_tag": 0.1, "search": 0.15, "describe_user": 0.04, "recommend_mixed": 0.04,
+        "recommend_explain": 0.03, "explain": 0.03})
     seed: int = 0
 
 
@@ -285,7 +285,7 @@ def run_demo(config: DemoConfig = FULL, *, out_dir: str | os.PathLike = "neo-dem
     from ..lm.prompts import PromptBuilder
     from ..items.sids import build_sids
     from ..lm.system import NeoSystem
-    from ..training.tasks import TaskBuilder
+    from ..training.tasks import INSTRUCTION_TASKS, TaskBuilder
     from ..training.train import align, instruct, stage0
 
     cfg = config
@@ -382,9 +382,9 @@ def run_demo(config: DemoConfig = FULL, *, out_dir: str | os.PathLike = "neo-dem
     # side events (tag applications) before each user's validation target join the training sequences
     val_time = [float(t[-2]) if t.size >= 3 else float("inf") for t in ds.interactions.timestamps]
     train_seqs = {u: s for u, s in ds.training_sequences(split.train, val_time).items() if len(s) >= 1}
-    pools = tb.instruction(train_seqs, tasks=[t for t in cfg.task_weights if cfg.task_weights[t] > 0],
-                           max_per_user=cfg.max_per_user, search_examples=cfg.max_movies + cfg.max_tags,
-                           window=cfg.window)
+    tasks = [t for t, wt in cfg.task_weights.items() if wt > 0 and t in INSTRUCTION_TASKS]  # + per-type pools
+    pools = tb.instruction(train_seqs, tasks=tasks, max_per_user=cfg.max_per_user,
+                           search_examples=cfg.max_movies + cfg.max_tags, window=cfg.window, per_type=True)
     train_q = [(q.query, int(r)) for q in ds.queries if q.split == "train" for r in q.relevant[:3]]
     if "search" in pools:
         pools["search"] = list(pools["search"]) + tb.search(rows=[], queries=train_q)

@@ -275,14 +275,17 @@ def format_compliance(system: Any, histories: Sequence[np.ndarray], *, formats: 
                       constrained: bool = False, max_prompts: int = 20, max_new_tokens: int = 48) -> dict[str, float]:
     """Fraction of greedy answers in the requested output format.
 
-    ``ids``: at least one item, every item real, no words outside items; ``text``: words and no
-    item; ``mixed``: words and at least one item, every item real. With ``constrained=False`` this
-    measures what the model learned; with the constraints on, ``ids``/``text`` hold by construction.
+    ``ids``: at least one item, every item real, no words outside items (the answer is generated with
+    room for exactly the 5 spans asked for, since an ``ids`` answer continues the history); ``text``:
+    words and no item; ``mixed``: words and at least one item, every item real. With
+    ``constrained=False`` this measures what the model learned; with the constraints on, ``ids``/``text``
+    hold by construction.
     """
     from ..lm.prompts import Prompt
 
     out: dict[str, float] = {}
     hs = list(histories)[:max_prompts]
+    span_len = max(t.levels for t in system.vocab.layout.types) + 2
     for fmt in formats:
         task = {"ids": "recommend", "text": "describe_user", "mixed": "explain"}[fmt]
         prompts = []
@@ -292,6 +295,8 @@ def format_compliance(system: Any, histories: Sequence[np.ndarray], *, formats: 
                 prompts.append(Prompt(task="explain", history=h[:-1] or h, item=h[-1], format="mixed", template=0))
             else:
                 prompts.append(Prompt(task=task, history=h, k=5, format=fmt, template=0))
-        gens = system.generate(prompts, max_new_tokens=max_new_tokens, constrained=constrained)
+        # ids answers continue the history (no answer cue, no EOS): room for exactly the k spans asked for
+        n_new = 5 * span_len if fmt == "ids" else max_new_tokens
+        gens = system.generate(prompts, max_new_tokens=n_new, constrained=constrained)
         out[fmt] = float(np.mean([_complies(fmt, g.segments) for g in gens])) if gens else float("nan")
     return out

@@ -523,6 +523,15 @@ class RecSequences(Sequence):
         tf = self.builder.catalog.type_of
         return sum(len(w.target_positions(tf)) for w in self.windows)
 
+    def by_type(self) -> dict[str, "RecSequences"]:
+        """The windows grouped by requested type (``"any"`` for windows asking for every type), so a rare
+        type can get its own mixing weight."""
+        out: dict[str, list[RecWindow]] = {}
+        for w in self.windows:
+            key = w.target_types[0] if w.target_types and len(w.target_types) == 1 else "any"
+            out.setdefault(key, []).append(w)
+        return {k: RecSequences(self.builder, v) for k, v in out.items()}
+
 
 class TaskBuilder:
     """Build alignment and instruction examples for one catalog.
@@ -1012,7 +1021,7 @@ class TaskBuilder:
     # ------------------------------------------------------------------ everything
     def instruction(self, sequences: Any, *, tasks: Sequence[str] = DEFAULT_INSTRUCTION_TASKS, list_k: int = 3,
                     max_per_user: int | None = 5, search_examples: int | None = None, window: int | None = None,
-                    rec_types: str | Sequence[str] = "each") -> dict[str, Sequence[Example]]:
+                    rec_types: str | Sequence[str] = "each", per_type: bool = False) -> dict[str, Sequence[Example]]:
         """All instruction tasks, grouped by task (feed to :func:`neo.train.instruct` with weights).
 
         Parameters
@@ -1026,12 +1035,23 @@ class TaskBuilder:
         search_examples : int, optional
             Cap on search examples.
         window, rec_types : passed to :meth:`rec_sequences` (the ``recommend`` task, lazy).
+        per_type : bool
+            Give the ``recommend`` windows of each item type but the most frequent one their own pool,
+            ``recommend_<type>`` (e.g. ``recommend_tag``), so that a rare type can be weighted up and
+            its prompts steer (the most frequent type stays ``recommend``).
         """
         if bad := [t for t in tasks if t not in INSTRUCTION_TASKS]:
             raise TaskDataError(f"unknown instruction task(s) {bad}; use {INSTRUCTION_TASKS}")
         out: dict[str, Sequence[Example]] = {}
         if "recommend" in tasks:
-            out["recommend"] = self.rec_sequences(sequences, window=window, target_types=rec_types)
+            rec = self.rec_sequences(sequences, window=window, target_types=rec_types)
+            if per_type:
+                groups = rec.by_type()
+                main = max(groups, key=lambda k: len(groups[k])) if groups else None
+                out["recommend"] = groups.pop(main) if main is not None else rec
+                out.update({f"recommend_{t}": g for t, g in groups.items()})
+            else:
+                out["recommend"] = rec
         if "recommend_list" in tasks:
             out["recommend_list"] = self.recommend(sequences, k=list_k, max_per_user=max_per_user)
         if "recommend_mixed" in tasks:

@@ -25,15 +25,19 @@ def llama():
     return _world("llama", tied=False)
 
 
+@pytest.mark.parametrize("method", ["trainable_tokens", "row_masked"])
 @pytest.mark.parametrize("arch,tied", [("llama", False), ("qwen2", True)])
-def test_align_changes_only_the_sid_rows(arch, tied):
+def test_align_changes_only_the_sid_rows(arch, tied, method):
+    if method == "trainable_tokens":
+        pytest.importorskip("peft")
     w, cat, tb = _world(arch, tied=tied)
     m, vocab = w["model"], w["vocab"]
     assert (m.get_output_embeddings().weight is m.get_input_embeddings().weight) == tied
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     flags = {n: p.requires_grad for n, p in m.named_parameters()}
     res = T.align(m, w["tokenizer"], vocab, tb.alignment(), max_steps=6, batch_size=8, lr=1e-2,
-                  weight_decay=0.1, progress=False)
+                  weight_decay=0.1, progress=False, method=method)
+    assert res.model is m and type(m).__name__.endswith("ForCausalLM")  # trained in place, no wrapper left
     assert res.global_step == 6
     b, e = vocab.token_begin, vocab.token_end
     changed = []

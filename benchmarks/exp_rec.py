@@ -121,6 +121,58 @@ def cooccurrence_embeddings(ds: Any, train: list[np.ndarray], dim: int = 64) -> 
     return emb
 
 
+def balanced_codes(x: np.ndarray, k1: int, k2: int, seed: int) -> np.ndarray:
+    """Benchmark-local balanced two-level codes (until neo.items.build_sids offers balance=): level 1 is
+    k-means with every cluster capped at ceil(n / k1) items (greedy assignment by distance), level 2 gives
+    every item of a cluster its own code, the nearest free centroid of a k-means on the residuals. No two
+    items share a SID, so no disambiguation level is needed (k1 * k2 >= n)."""
+    from sklearn.cluster import KMeans
+
+    n = x.shape[0]
+    if k1 * k2 < n:
+        raise SystemExit(f"balanced codes: {k1} x {k2} < {n} items")
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    def assign(dist: np.ndarray, cap: np.ndarray) -> np.ndarray:
+        out = np.full(dist.shape[0], -1, dtype=np.int64)
+        left = cap.copy()
+        for flat in np.argsort(dist, axis=None, kind="stable"):
+            i, c = divmod(int(flat), dist.shape[1])
+            if out[i] < 0 and left[c] > 0:
+                out[i] = c
+                left[c] -= 1
+        return out
+
+    km1 = KMeans(n_clusters=min(k1, n), n_init=3, random_state=seed).fit(x)
+    d1 = ((x[:, None, :] - km1.cluster_centers_[None]) ** 2).sum(-1)
+    c1 = assign(d1, np.full(d1.shape[1], int(np.ceil(n / k1))))
+    resid = x - km1.cluster_centers_[c1]
+    km2 = KMeans(n_clusters=min(k2, n), n_init=3, random_state=seed).fit(resid)
+    d2 = ((resid[:, None, :] - km2.cluster_centers_[None]) ** 2).sum(-1)
+    c2 = np.full(n, -1, dtype=np.int64)
+    for c in np.unique(c1):
+        members = np.flatnonzero(c1 == c)
+        c2[members] = assign(d2[members], np.ones(d2.shape[1], dtype=np.int64))
+    return np.stack([c1, c2], 1).astype(np.int32)
+
+
+def balanced_sids(cat: Any, emb: np.ndarray, seed: int) -> Any:
+    """SemanticIds from :func:`balanced_codes` per item type (k1 = k2 = ceil(sqrt(n)))."""
+    from neo.items.sids import SemanticIds
+
+    codes, rows, sizes, reach, extra, report = {}, {}, {}, {}, {}, {"types": {}}
+    for t in cat.type_names:
+        r = cat.rows_of_type(t).astype(np.int64)
+        k = max(2, int(np.ceil(np.sqrt(len(r)))))
+        codes[t] = balanced_codes(np.asarray(emb[r], dtype=np.float64), k, k, seed)
+        rows[t], sizes[t], reach[t], extra[t] = r, (k, k), np.ones(len(r), bool), False
+        report["types"][t] = {"levels": 2, "codebook_sizes": [k, k],
+                              "collision_rate": 1 - len({tuple(c) for c in codes[t]}) / len(r)}
+    return SemanticIds(type_names=cat.type_names, codes=codes, rows=rows, codebook_sizes=sizes, reachable=reach,
+                       extra_level=extra, collisions="extra_level", n_items=len(cat),
+                       catalog_fingerprint=cat.fingerprint(), report=report, catalog=cat)
+
+
 def embeddings(a: argparse.Namespace, ds: Any, split: Any) -> Any:
     from neo.items import embeddings as E
 
@@ -168,11 +220,15 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     kw: dict[str, Any] = {}
     if a.balance:
         kw["balance"] = a.balance
-    sids = build_sids(cat, embeddings(a, ds, split), levels=a.levels,
-                      codebook_size=a.codebook_size if len(a.codebook_size) > 1 else a.codebook_size[0],
-                      seed=a.seed, **kw)
-    out["sids"] = {"report": json.loads(sids.report.to_json()), "seconds": time.perf_counter() - t0}
-    print(sids.report, flush=True)
+    if a.sid_builder == "balanced-local":
+        sids = balanced_sids(cat, embeddings(a, ds, split), a.seed)
+        out["sids"] = {"report": dict(sids.report), "seconds": time.perf_counter() - t0}
+    else:
+        sids = build_sids(cat, embeddings(a, ds, split), levels=a.levels,
+                          codebook_size=a.codebook_size if len(a.codebook_size) > 1 else a.codebook_size[0],
+                          seed=a.seed, **kw)
+        out["sids"] = {"report": json.loads(sids.report.to_json()), "seconds": time.perf_counter() - t0}
+    print(sids.report if a.sid_builder == "neo" else f"balanced SIDs {dict(sids.report)}", flush=True)
 
     # ---- model
     t_train = time.perf_counter()
@@ -199,7 +255,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                              if a.mix else [])
     pools = tb.instruction(seqs, tasks=tasks, window=a.window, max_per_user=4, search_examples=len(cat),
                            rec_types=a.rec_types)
-    if a.split_rec_types:
+    if a.rec_task == "sampled":  # ablation: one target position per example (the pre-sequence design)
+        pools["recommend"] = tb.recommend(seqs, k=1, max_per_user=a.max_per_user)
+    if a.split_rec_types and a.rec_task == "sequences":
         by = {}
         for w in pools["recommend"].windows:
             key = "recommend" if (w.target_types or [None])[0] in (None, ds.target_type) else \
@@ -288,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embedding", default="tfidf",
                     help="tfidf, cooc (benchmark-local co-occurrence SVD), or X for neo.items.embeddings.X_embeddings")
     ap.add_argument("--balance", default=None, help="passed to build_sids(balance=) when given")
+    ap.add_argument("--sid-builder", default="neo", choices=["neo", "balanced-local"],
+                    help="neo.build_sids (default) or the benchmark-local balanced two-level codes")
     ap.add_argument("--levels", type=int, default=2)
     ap.add_argument("--codebook-size", type=int, nargs="+", default=[32])
     ap.add_argument("--arch", default="llama", choices=["llama", "gpt2"])
@@ -305,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--packing", action="store_true")
     ap.add_argument("--rec-types", default="each")
+    ap.add_argument("--rec-task", default="sequences", choices=["sequences", "sampled"],
+                    help="every position of every window (default) or one sampled target per example (ablation)")
+    ap.add_argument("--max-per-user", type=int, default=8, help="target positions per user with --rec-task sampled")
     ap.add_argument("--split-rec-types", action="store_true", help="one pool per target type (weights)")
     ap.add_argument("--type-weight", type=float, default=0.1)
     ap.add_argument("--mix", action="store_true", help="add search, profiles, explanations, mixed lists")

@@ -468,6 +468,10 @@ def run_demo(config: DemoConfig = FULL, *, out_dir: str | os.PathLike = "neo-dem
     # 8. save, plot, summary
     t0 = time.perf_counter()
     _say("[8/8] saving the system, plot and metrics", quiet)
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar in a quiet run
     sys_dir = system.save(out / "system")
     png = _plot(out / "demo.png", losses, table, search)
     result: dict[str, Any] = {

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+from neo.core.errors import NeoDataError
 from neo.items.catalog import Catalog, CatalogError
 
 RECORDS = [
@@ -200,8 +201,12 @@ def test_csv_structure_errors(tmp_path):
     (tmp_path / "dup.csv").write_text("id,id,type\n")
     with pytest.raises(CatalogError, match="duplicate column names"):
         Catalog.from_csv(tmp_path / "dup.csv")
-    with pytest.raises(ValueError, match="cannot tell the format"):
-        Catalog.load(tmp_path / "x.txt") if (tmp_path / "x.txt").write_text("") is not None else None
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(NeoDataError, match="x.txt: the file is empty"):
+        Catalog.load(tmp_path / "x.txt")
+    (tmp_path / "y.txt").write_text("just words\nno columns here\n")
+    with pytest.raises(NeoDataError, match="y.txt: cannot tell the format"):
+        Catalog.load(tmp_path / "y.txt")
 
 
 def test_dataframe_errors_name_index():

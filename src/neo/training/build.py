@@ -1,0 +1,386 @@
+"""Build a neo system from a user's own catalog and interactions (what ``neo build`` runs).
+
+:func:`build_system` goes catalog file + interactions file -> item embeddings -> semantic IDs ->
+SID vocabulary -> an adapted model -> one saved system directory (:class:`~neo.lm.system.NeoSystem`),
+and returns a quality report (items and types, collision rate, codebook use, unreachable items,
+vocabulary size, model size, the time each step took) that :func:`format_build_report` prints.
+
+The model is a local pre-trained Hugging Face causal LM (``model=PATH``; never downloaded) or, without
+one, a byte-level BPE tokenizer and a small Llama trained here from scratch on catalog text (stage 0,
+as ``neo demo`` does). The system is untrained on the tasks: ``neo train`` (or
+:func:`neo.training.train.align` / :func:`~neo.training.train.instruct`) comes next.
+
+Semantic IDs come from (``sids=``):
+
+* ``"text"`` -- residual k-means over text embeddings of each item (``embedder``: ``"tfidf"``, the
+  offline default, a ``.npy`` file or a local model directory).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..core.errors import NeoDataError
+
+__all__ = ["BuildConfig", "BuildError", "BuildResult", "SID_METHODS", "build_system", "format_build_report",
+           "load_local_model", "parse_sids_spec"]
+
+#: what ``sids=`` accepts (``codes:PATH`` names a file of codes the user already has)
+SID_METHODS = ("text",)
+
+
+class BuildError(NeoDataError):
+    """An option of :func:`build_system` (or ``neo build``) cannot be used as given; says which and why."""
+
+
+@dataclass
+class BuildConfig:
+    """Choices of a build.
+
+    Attributes
+    ----------
+    sids : str
+        How semantic IDs are made: one of :data:`SID_METHODS`.
+    embedder : str
+        Text embedder for ``sids="text"``: ``"tfidf"`` (offline TF-IDF + SVD), a ``.npy`` file of
+        vectors in catalog order, or a local model directory (:func:`neo.items.embeddings.get_embedder`).
+    levels, codebook_size : int, optional
+        SID shape per type (default: :func:`neo.items.sids.default_sid_config` for each type's size).
+    collisions : {"extra_level", "popular"}
+        What happens to items that share codes (see :func:`neo.items.sids.build_sids`).
+    model : str, optional
+        A local Hugging Face causal LM directory; ``None`` trains a small one from scratch.
+    vocab_size, hidden, layers, stage0_steps, batch_size, lr
+        Tokenizer size and model shape of the from-scratch model, and its stage-0 schedule.
+    init : {"mean", "semantic"}
+        Initialisation of the new SID rows (:func:`neo.lm.adapt.adapt_model`).
+    seed : int
+    """
+
+    sids: str = "text"
+    embedder: str = "tfidf"
+    levels: int | None = None
+    codebook_size: int | None = None
+    collisions: str = "extra_level"
+    model: str | None = None
+    vocab_size: int = 4000
+    hidden: int = 128
+    layers: int = 4
+    stage0_steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-3
+    init: str = "mean"
+    seed: int = 0
+
+
+@dataclass
+class BuildResult:
+    """What :func:`build_system` made: the system, where it was saved, and the quality report."""
+
+    system: Any
+    output_dir: Path | None
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """The report as printable text (:func:`format_build_report`)."""
+        return format_build_report(self.report)
+
+
+def parse_sids_spec(spec: str) -> tuple[str, str | None]:
+    """``"text"`` -> ``("text", None)``; ``"codes:PATH"`` -> ``("codes", "PATH")``.
+
+    Raises
+    ------
+    BuildError
+        An unknown method, naming the ones there are.
+    """
+    s = str(spec).strip()
+    kind, _, arg = s.partition(":")
+    kind = kind.strip().lower()
+    if kind == "codes" and "codes" in SID_METHODS:
+        if not arg.strip():
+            raise BuildError("--sids codes:PATH needs the path of the codes file after 'codes:'")
+        return "codes", arg.strip()
+    if kind in SID_METHODS and kind != "codes" and not arg:
+        return kind, None
+    shown = ", ".join("codes:PATH" if m == "codes" else m for m in SID_METHODS)
+    raise BuildError(f"--sids {spec!r}: unknown SID method; use one of {shown}")
+
+
+def load_local_model(path: str | os.PathLike) -> tuple[Any, Any]:
+    """A local pre-trained causal LM and its tokenizer (never downloaded); a pad token is set to EOS
+    when the tokenizer has none."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(2, "not a local Hugging Face model directory (no config.json); neo never downloads "
+                                   "models", str(p))
+    tok = AutoTokenizer.from_pretrained(p)
+    model = AutoModelForCausalLM.from_pretrained(p)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse to replace anything that is not a neo system, and a neo system unless asked to."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise BuildError(f"--output {out} is a file; give a directory for the system")
+    if not any(out.iterdir()):
+        return
+    if not (out / "neo_system.json").is_file():
+        raise BuildError(f"--output {out} exists and holds files that are not a neo system; choose a new or empty "
+                         "directory (nothing there was changed)")
+    if not overwrite:
+        raise BuildError(f"--output {out} already holds a neo system; pass --overwrite (overwrite=True) to replace it "
+                         "(nothing was changed)")
+
+
+def _sid_summary(sids: Any) -> dict[str, Any]:
+    """Per type: SID shape, collision rate, codebook use per level, unreachable items."""
+    rep = dict(getattr(sids, "report", None) or {})
+    out: dict[str, Any] = {"collisions_policy": sids.collisions, "types": {}}
+    for t in sids.type_names:
+        tr = (rep.get("types") or {}).get(t, {})
+        col = tr.get("collisions", {})
+        levels = []
+        for lv in tr.get("per_level", []):
+            levels.append({"level": lv["level"], "codebook_size": lv["codebook_size"], "used": lv["used_codes"],
+                           "use": round(float(lv["utilisation"]), 4), "perplexity": round(float(lv["perplexity"]), 2),
+                           "disambiguation": bool(lv.get("disambiguation"))})
+        out["types"][t] = {
+            "items": int(sids.rows[t].size),
+            "levels": sids.levels(t),
+            "codebook_sizes": list(sids.codebook_sizes[t]),
+            "extra_level": bool(sids.extra_level[t]),
+            "collision_rate": round(float(col.get("collision_rate", 0.0)), 4),
+            "items_in_collisions": int(col.get("items_in_collisions", 0)),
+            "largest_collision_group": int(col.get("max_group_size", 1)),
+            "unreachable": int((~sids.reachable[t]).sum()),
+            "codebook_use": levels,
+        }
+    out["unreachable"] = int(sum(v["unreachable"] for v in out["types"].values()))
+    return out
+
+
+def build_system(catalog: Any, interactions: Any = None, output_dir: str | os.PathLike | None = None, *,
+                 config: BuildConfig | None = None, catalog_options: Mapping[str, Any] | None = None,
+                 interaction_options: Mapping[str, Any] | None = None, overwrite: bool = False,
+                 progress: bool = True, log: Callable[[str], None] | None = print) -> BuildResult:
+    """Catalog + interactions -> embeddings -> SIDs -> vocabulary -> adapted model -> saved system.
+
+    Parameters
+    ----------
+    catalog : path-like or Catalog
+        A catalog file in any supported format (:meth:`neo.Catalog.load` with ``catalog_options``:
+        ``id_field``, ``type_field``, ``text_fields``, ``skip_invalid``, ``encoding``, ...) or a catalog.
+    interactions : path-like or Interactions, optional
+        An interactions file (:func:`neo.items.datasets.read_interactions` with
+        ``interaction_options``: ``user_col``, ``item_col``, ``time_col``, ``unknown_items``, ...) or
+        loaded interactions indexed by the catalog. They give items without a popularity one
+        (their interaction count: it orders collision groups) and are reported; ``neo train`` and
+        ``neo eval`` read the same file.
+    output_dir : path-like, optional
+        Where the system is saved (must be new, empty, or a neo system with ``overwrite=True``);
+        ``None``: not saved. A build report ``neo_build.json`` is written beside it.
+    config : BuildConfig
+    progress : bool
+        Progress bars while training the from-scratch model.
+    log : callable, optional
+        Receives one line per step (``None``: silent).
+
+    Returns
+    -------
+    BuildResult
+        ``system`` (a :class:`~neo.lm.system.NeoSystem`), ``output_dir`` and ``report``.
+
+    Raises
+    ------
+    BuildError, CatalogError, DatasetError, DataFileError
+        Bad options or files, before any expensive step where possible (one-line messages).
+    """
+    cfg = config or BuildConfig()
+    say = log or (lambda _m: None)
+    kind, codes_path = parse_sids_spec(cfg.sids)
+    out = Path(output_dir) if output_dir is not None else None
+    if out is not None:
+        _check_output(out, overwrite)
+    if cfg.model is not None and not (Path(cfg.model) / "config.json").is_file():
+        raise FileNotFoundError(2, "--model: not a local Hugging Face model directory (no config.json); neo never "
+                                   "downloads models", str(cfg.model))
+    if cfg.collisions not in ("extra_level", "popular"):
+        raise BuildError(f"--collisions {cfg.collisions!r}: use extra_level or popular")
+
+    import numpy as np
+    import torch
+
+    from ..items.catalog import Catalog
+    from ..items.datasets import Interactions, infer_target_type, read_interactions
+    from ..lm.system import NeoSystem
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    steps = 6
+    torch.manual_seed(cfg.seed)
+
+    def lap(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 3)
+        say(f"   done in {timings[name]:.2f} s")
+
+    # 1. read
+    t0 = time.perf_counter()
+    say(f"[1/{steps}] reading the catalog{' and interactions' if interactions is not None else ''}")
+    # a catalog passed in is not modified: popularity is set on a shallow copy
+    cat = copy.copy(catalog) if isinstance(catalog, Catalog) else Catalog.load(catalog, **dict(catalog_options or {}))
+    counts = dict(zip(cat.type_names, (int(c) for c in cat.type_counts())))
+    say(f"   catalog: {len(cat)} items, types {counts}, text fields {cat.text_fields}"
+        + (f"; skipped {cat.load_report.n_skipped} invalid record(s)"
+           if cat.load_report is not None and cat.load_report.n_skipped else ""))
+    inter = None
+    inter_report: dict[str, Any] | None = None
+    if interactions is not None:
+        if isinstance(interactions, Interactions):
+            inter = interactions
+            if list(inter.item_ids) != list(cat.ids):
+                raise BuildError("interactions must be indexed by the catalog (Interactions.reindex(catalog.ids))")
+        else:
+            inter = read_interactions(interactions, catalog=cat, **dict(interaction_options or {}))
+        used = inter.item_counts()
+        if cat.popularity is None:
+            # the interaction count orders collision groups (saved as the catalog's popularity)
+            cat.popularity = used.astype(np.float64)
+        unk = inter.info.get("unknown_items", {})
+        inter_report = {
+            "source": inter.info.get("source"), "format": inter.info.get("format"),
+            "columns": {k: inter.info.get("columns", {}).get(k) for k in ("user", "item", "time")},
+            "users": inter.n_users, "interactions": inter.n_interactions,
+            "items_interacted": int((used > 0).sum()), "items_never_interacted": int((used == 0).sum()),
+            "unknown_items_skipped": int(unk.get("rows_skipped", 0)), "target_type": infer_target_type(cat, inter),
+        }
+        say(f"   interactions: {inter.n_users} users, {inter.n_interactions} events over "
+            f"{inter_report['items_interacted']} items ({inter.info.get('format')}, columns "
+            f"{inter_report['columns']})" + (f"; skipped {inter_report['unknown_items_skipped']} with unknown items"
+                                             if inter_report["unknown_items_skipped"] else ""))
+    lap("read", t0)
+
+    # 2. embeddings
+    t0 = time.perf_counter()
+    from ..items.embeddings import embed_catalog
+    from ..items.sids import build_sids
+
+    say(f"[2/{steps}] item embeddings ({kind}: {cfg.embedder})")
+    emb = embed_catalog(cat, cfg.embedder)
+    say(f"   {emb.shape[0]} x {emb.shape[1]}")
+    lap("embeddings", t0)
+
+    # 3. SIDs
+    t0 = time.perf_counter()
+    say(f"[3/{steps}] semantic IDs (residual k-means per type, collisions: {cfg.collisions})")
+    sids = build_sids(cat, emb, levels=cfg.levels, codebook_size=cfg.codebook_size, collisions=cfg.collisions,
+                      seed=cfg.seed)
+    sid_summary = _sid_summary(sids)
+    for t, s in sid_summary["types"].items():
+        say(f"   {t}: {s['levels']} levels {'x'.join(map(str, s['codebook_sizes']))}, collision rate "
+            f"{s['collision_rate']:.3f}, unreachable {s['unreachable']}")
+    lap("sids", t0)
+
+    # 4. model
+    t0 = time.perf_counter()
+    model_report: dict[str, Any]
+    if cfg.model:
+        say(f"[4/{steps}] loading the local model {cfg.model}")
+        model, tok = load_local_model(cfg.model)
+        model_report = {"source": str(cfg.model), "pretrained": True}
+    else:
+        from .train import stage0
+
+        say(f"[4/{steps}] stage 0: a tokenizer and a small Llama (hidden {cfg.hidden}, {cfg.layers} layers) trained "
+            f"here on the catalog text ({cfg.stage0_steps} steps)")
+        model, tok, r0 = stage0(cat, vocab_size=cfg.vocab_size, hidden=cfg.hidden, layers=cfg.layers,
+                                max_steps=cfg.stage0_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                                progress=progress, logging_steps=max(1, min(10, cfg.stage0_steps)))
+        model_report = {"source": "stage0 (trained here from scratch)", "pretrained": False,
+                        "hidden": cfg.hidden, "layers": cfg.layers, "stage0_steps": r0.global_step,
+                        "stage0_final_loss": r0.loss_history[-1]["loss"] if r0.loss_history else None,
+                        "stage0_s_per_step": round(r0.runtime_s / max(1, r0.global_step), 4)}
+    base_vocab = len(tok)
+    lap("model", t0)
+
+    # 5. vocabulary + adaptation + index
+    t0 = time.perf_counter()
+    say(f"[5/{steps}] SID vocabulary installed in the tokenizer, model resized ({cfg.init} init), index built")
+    system = NeoSystem.build(model, tok, cat, sids, init=cfg.init)
+    n_params = int(sum(p.numel() for p in system.model.parameters()))
+    model_report.update(parameters=n_params, architecture=type(system.model).__name__)
+    vocab_report = {"base_tokens": int(base_vocab), "sid_tokens": int(system.vocab.num_tokens),
+                    "total": int(system.vocab.vocab_size), "tokenizer_size": len(system.tokenizer)}
+    lap("adapt", t0)
+
+    # 6. save
+    t0 = time.perf_counter()
+    if out is not None:
+        say(f"[6/{steps}] saving the system to {out}")
+        system.save(out)
+    else:
+        say(f"[6/{steps}] not saved (no output directory)")
+    lap("save", t0)
+    timings["total"] = round(time.perf_counter() - t_start, 3)
+
+    report: dict[str, Any] = {
+        "catalog": {"source": cat.load_report.source if cat.load_report is not None else None, "items": len(cat),
+                    "types": counts, "text_fields": list(cat.text_fields),
+                    "invalid_records_skipped": cat.load_report.n_skipped if cat.load_report is not None else 0},
+        "interactions": inter_report,
+        "sids": {"method": kind, "embedder": cfg.embedder, **sid_summary},
+        "vocabulary": vocab_report,
+        "model": model_report,
+        "indexed_items": int(system.index.num_items),
+        "timings_s": timings,
+        "config": asdict(cfg),
+        "output_dir": str(out) if out is not None else None,
+    }
+    if out is not None:
+        (out / "neo_build.json").write_text(json.dumps(report, indent=1, default=float))
+    return BuildResult(system, out, report)
+
+
+def format_build_report(report: Mapping[str, Any]) -> str:
+    """The quality report of a build as a few readable lines."""
+    c, s, v, m, t = report["catalog"], report["sids"], report["vocabulary"], report["model"], report["timings_s"]
+    lines = ["Build report",
+             f"  items: {c['items']} ({', '.join(f'{k} {n}' for k, n in c['types'].items())}); text fields "
+             f"{c['text_fields']}" + (f"; {c['invalid_records_skipped']} invalid records skipped"
+                                      if c.get("invalid_records_skipped") else "")]
+    it = report.get("interactions")
+    if it:
+        lines.append(f"  interactions: {it['users']} users, {it['interactions']} events, {it['items_interacted']} items "
+                     f"interacted ({it['items_never_interacted']} never); {it['unknown_items_skipped']} rows with "
+                     f"unknown items skipped; target type {it['target_type']}")
+    lines.append(f"  SIDs ({s['method']}, {s['embedder']}; collisions: {s['collisions_policy']}):")
+    for name, ty in s["types"].items():
+        use = ", ".join(f"L{lv['level']} {lv['used']}/{lv['codebook_size']}"
+                        + (" (disambiguation)" if lv["disambiguation"] else "") for lv in ty["codebook_use"])
+        lines.append(f"    {name}: {ty['items']} items, {ty['levels']} levels "
+                     f"({'x'.join(map(str, ty['codebook_sizes']))}), collision rate {ty['collision_rate']:.3f} "
+                     f"({ty['items_in_collisions']} items share base codes, largest group "
+                     f"{ty['largest_collision_group']}), unreachable {ty['unreachable']}; codebook use: {use}")
+    lines.append(f"  unreachable items: {s['unreachable']}; indexed items: {report['indexed_items']}")
+    lines.append(f"  vocabulary: {v['total']} ids ({v['base_tokens']} text + {v['sid_tokens']} SID tokens)")
+    extra = (f", stage 0: {m['stage0_steps']} steps at {m['stage0_s_per_step']:.3f} s/step, final loss "
+             f"{m['stage0_final_loss']:.3f}" if not m.get("pretrained") and m.get("stage0_final_loss") is not None
+             else "")
+    lines.append(f"  model: {m['architecture']}, {m['parameters'] / 1e6:.2f}M parameters ({m['source']}){extra}")
+    lines.append("  time per step (s): " + ", ".join(f"{k} {val:.2f}" for k, val in t.items()))
+    if report.get("output_dir"):
+        lines.append(f"  saved to {report['output_dir']}")
+    return "\n".join(lines)

@@ -458,13 +458,14 @@ def _is_number(s: str) -> bool:
 
 
 def _resolve_columns(cols: Sequence[str], name: str, *, user_col: str | None, item_col: str | None,
-                     time_col: str | None, header: bool, first_row: Sequence[Any] | None = None
-                     ) -> tuple[str, str, str | None, dict[str, str]]:
+                     time_col: str | None, header: bool, first_row: Sequence[Any] | None = None,
+                     header_line: bool = False) -> tuple[str, str, str | None, dict[str, str]]:
     """``(user, item, time or None, how)``: the columns given, or detected by name (with a header) or
     position (without one: user, item, and a last column that reads as unix time)."""
     cols = [str(c) for c in cols]
     shown = cols if len(cols) <= 12 else cols[:12] + ["..."]
-    where = f"{name}:1" if header else name
+    where = f"{name}:1" if header_line else name
+    what = "header" if header_line else "columns"
     pos_hint = "" if header else " (the file has no header row: columns are named by position, 0 = first)"
 
     def given(c: str, what: str, opt: str) -> str:
@@ -519,7 +520,7 @@ def _resolve_columns(cols: Sequence[str], name: str, *, user_col: str | None, it
         missing = " and ".join(w for w, c in (("user", u), ("item", i)) if c is None)
         opts = " ".join(o for o, c in (("--user-col NAME", u), ("--item-col NAME", i)) if c is None)
         raise DatasetError(f"{where}: cannot find the {missing} column{'s' if u is None and i is None else ''} "
-                           f"in header {shown}; pass {opts} (user_col=, item_col= in Python)")
+                           f"in {what} {shown}; pass {opts} (user_col=, item_col= in Python)")
     if u == i:
         raise DatasetError(f"{name}: the user and item columns are both {u!r}; pass --user-col and --item-col")
     return u, i, t, how
@@ -660,12 +661,14 @@ def _delimited(path: Path, fmt: FileFormat, col: _Collector, opts: dict[str, Any
     if first is None:
         raise DatasetError(f"{name}: the file is empty; it needs a header row (user, item, timestamp) and one row "
                            "per interaction")
-    header = not (len(first) >= 2 and all(_is_number(c) for c in first))
+    # column names are not numbers: a first row holding one is data (ml-100k's u.data, ml-1m's ratings.dat)
+    header = not (len(first) >= 2 and any(_is_number(c) for c in first))
     cols = first if header else [str(k) for k in range(len(first))]
     if header and len(set(cols)) != len(cols):
         dup = sorted({c for c in cols if cols.count(c) > 1})
         raise DatasetError(f"{name}:1: duplicate column names {dup} in the header; give every column a distinct name")
-    u, i, t, how = _resolve_columns(cols, name, header=header, first_row=None if header else first, **opts)
+    u, i, t, how = _resolve_columns(cols, name, header=header, first_row=None if header else first,
+                                    header_line=header, **opts)
     col.has_time = t is not None
     ui, ii = cols.index(u), cols.index(i)
     ti = cols.index(t) if t is not None else None
@@ -868,7 +871,7 @@ def read_interactions(path: str | os.PathLike, *, catalog: Catalog | None = None
     """Read a user's interactions file, whatever its format.
 
     Formats (by extension and content, :func:`neo.items.formats.detect_format`): CSV, TSV and other
-    delimited text (with a header row, or without one when the first row is all numbers), JSONL
+    delimited text (with a header row, or without one when the first row holds a number), JSONL
     (one object per interaction), JSON (an array of objects, or an object user -> list of items or
     ``[item, time]`` pairs), Parquet, and sequence files (``user item item ...`` per line). In
     JSON, JSONL and Parquet an item field may hold a list of items (a user's sequence, with a list

@@ -177,8 +177,8 @@ def detect_format(path: str | os.PathLike, *, allow_sequences: bool = True) -> F
     if first.startswith("["):
         return FileFormat("json", gzip=gz, how="extension" if kind == "json" else "content")
     if kind in ("jsonl", "json"):
-        raise DataFileError(f"{name}: line 1 is not a JSON object ({first[:40]!r}); a {ext} file needs one "
-                            "JSON object per line (JSONL) or a JSON array of objects")
+        raise DataFileError(f"{name}: line 1 is not a JSON object or array ({first[:40]!r}); a {ext} file needs "
+                            "one JSON object per line (JSONL), a JSON array of objects or an object keyed by id")
     prefer = "\t" if ext in (".tsv", ".tab") else ("," if ext == ".csv" else None)
     delim = _sniff_delimiter(first, prefer)
     if delim is not None:

@@ -238,6 +238,10 @@ def _bad_files(d) -> list[tuple[str, list[str], str]]:
     (junk / "notes.txt").write_text("mine")
     cases.append(("output holds other files", ["--catalog", cp, "--output", str(junk)], "exists and holds files"))
     cases.append(("unknown SID method", ["--catalog", cp, "--sids", "magic"], "--sids 'magic': unknown SID method"))
+    cases.append(("--model not a model directory", ["--catalog", cp, "--model", str(junk)],
+                  "not a local Hugging Face model directory (no config.json)"))
+    cases.append(("--item-id without {}", ["--catalog", cp, "--interactions", ip, "--item-id", "movie:"],
+                  "--item-id 'movie:' must contain '{}'"))
     return cases
 
 
@@ -278,3 +282,20 @@ def test_existing_system_needs_overwrite(tmp_path, capsys):
     assert (out / "neo_system.json").read_text() == before
     assert main(["build", "--catalog", cp, "--interactions", ip, "--output", str(out), "--overwrite", *TINY]) == 0
     assert json.loads((out / "neo_build.json").read_text())["interactions"]["users"] == N_USERS
+
+
+def test_build_system_from_python_leaves_the_catalog_alone(tmp_path):
+    from neo.items.catalog import Catalog
+    from neo.items.datasets import read_interactions
+    from neo.training.build import BuildConfig, build_system, format_build_report
+
+    cp, ip, _ = _write("jsonl", tmp_path)
+    cat = Catalog.load(cp)
+    inter = read_interactions(ip, catalog=cat)
+    res = build_system(cat, inter, None, config=BuildConfig(stage0_steps=1, hidden=32, layers=1, vocab_size=300),
+                       progress=False, log=None)
+    assert cat.popularity is None  # the interaction counts went to a copy
+    assert res.output_dir is None and res.report["output_dir"] is None
+    assert res.system.catalog.popularity.sum() == N_USERS * PER_USER
+    text = format_build_report(res.report)
+    assert "collision rate" in text and "unreachable items: 0" in text and "time per step" in text

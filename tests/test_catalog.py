@@ -267,7 +267,7 @@ def test_load_detects_format_and_columns(tmp_path):
         "items.tsv": "asin\ttitle\tgenres\n" + "".join(f"{i}\t{t}\t{g}\n" for i, t, g in rows),
         "items.psv": "movieId|title|genres\n" + "".join(f"{i}|{t}|{g}\n" for i, t, g in rows),
         "items.txt": "".join(json.dumps({"id": i, "title": t, "genres": g}) + "\n" for i, t, g in rows),
-        "items.json": json.dumps([{"id": i, "title": t, "genres": g} for i, t, g in rows]),
+        "items.json": json.dumps([{"item_id": i, "title": t, "genres": g} for i, t, g in rows]),
         "lcrec.json": json.dumps({i: {"title": t, "genres": g} for i, t, g in rows}),
     }
     for name, text in files.items():

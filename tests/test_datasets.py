@@ -311,3 +311,34 @@ def test_load_user_dataset_infers_the_target_type_and_events_round_trip(tmp_path
     assert load_user_dataset(e, c, target_type="tag").target_type == "tag"
     with pytest.raises(DatasetError, match="not an item type of the catalog"):
         load_user_dataset(e, c, target_type="book")
+
+
+def test_read_codes_every_layout(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from neo.items.datasets import read_codes
+
+    want = {"a": [3, 1, 4], "b": [1, 5, 9]}
+    (tmp_path / "index.json").write_text(json.dumps({"a": ["<a_3>", "<b_1>", "<c_4>"], "b": ["<a_1>", "<b_5>",
+                                                                                            "<c_9>"]}))
+    (tmp_path / "ints.json").write_text(json.dumps(want))
+    (tmp_path / "c.csv").write_text("item_id,codes\na,3 1 4\nb,<a_1><b_5><c_9>\n")
+    (tmp_path / "levels.tsv").write_text("id\tc0\tc1\tc2\na\t3\t1\t4\nb\t1\t5\t9\n")
+    (tmp_path / "c.jsonl").write_text('{"id": "a", "sid": [3, 1, 4]}\n{"id": "b", "sid": [1, 5, 9]}\n')
+    pq.write_table(pa.table({"asin": ["a", "b"], "codes": [[3, 1, 4], [1, 5, 9]]}), tmp_path / "c.parquet")
+    for f in ("index.json", "ints.json", "c.csv", "levels.tsv", "c.jsonl", "c.parquet"):
+        assert read_codes(tmp_path / f) == want, f
+    cat = load_catalog_jsonl(_jl(tmp_path / "cat.jsonl", [{"id": "a", "title": "A"}, {"id": "b", "title": "B"},
+                                                          {"id": "z", "title": "Z"}]))
+    with pytest.raises(DatasetError, match=r"1 catalog item\(s\) have no codes, e.g. \['z'\]"):
+        read_codes(tmp_path / "c.csv", catalog=cat)
+    (tmp_path / "bad.csv").write_text("id,codes\na,3 1 4\na,1 2 3\nb,x\n")
+    with pytest.raises(DatasetError, match=r"bad.csv:3: item 'a' has codes twice \(first at bad.csv:2\)"):
+        read_codes(tmp_path / "bad.csv")
+    (tmp_path / "bad.csv").write_text("id,codes\na,3 1 4\nb,none\n")
+    with pytest.raises(DatasetError, match=r"bad.csv:3: no codes in 'none'"):
+        read_codes(tmp_path / "bad.csv")
+    (tmp_path / "unk.json").write_text(json.dumps({"a": [1], "b": [2], "z": [3], "q": [4]}))
+    with pytest.raises(DatasetError, match=r"unk.json item 'q': item 'q' is not in the catalog"):
+        read_codes(tmp_path / "unk.json", catalog=cat)

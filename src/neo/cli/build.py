@@ -1,12 +1,12 @@
-"""``neo build``: a neo system from your own catalog and interactions files.
+"""neo build: a neo system from your own catalog and interactions files.
 
     neo build --catalog items.csv --interactions events.jsonl --output my-system
     neo train instruct --system my-system --interactions events.jsonl --output my-run
     neo eval --system my-run/system --interactions events.jsonl
 
-Embeddings -> semantic IDs -> SID vocabulary -> adapted model (``--model PATH``, a local pre-trained
+Embeddings -> semantic IDs -> SID vocabulary -> adapted model (--model PATH, a local pre-trained
 Hugging Face causal LM, or a small model and tokenizer trained here from scratch) -> a saved system,
-then a quality report. The pipeline is :func:`neo.training.build.build_system`.
+then a quality report. The same pipeline from Python: neo.training.build.build_system.
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
     from ..training.build import BuildConfig, build_system, parse_sids_spec
 
     parse_sids_spec(args.sids)  # a bad --sids fails before torch loads
+    if not args.interactions and (given := [f for f in _interaction_flags(args)[::2] if f != "--encoding"]):
+        from ..core.errors import NeoDataError
+
+        raise NeoDataError(f"{', '.join(given)} name(s) columns of --interactions, which was not given; add "
+                           "--interactions FILE or drop them")
     import torch
 
     if args.threads:

@@ -390,7 +390,8 @@ class Catalog:
             tname = None
             if _is_missing(raw_type):
                 if default_type is None:
-                    errs.append(LoadIssue(loc, type_field, "missing item type (pass default_type= for single-type data)"))
+                    errs.append(LoadIssue(loc, type_field, "missing item type (give every record one, or pass "
+                                                          "--item-type / default_type= for items without one)"))
                 else:
                     tname = default_type
             elif not isinstance(raw_type, str):
@@ -691,8 +692,19 @@ class Catalog:
         """Column names of a catalog file (``None`` for a JSON file, whose records name their fields)."""
         if fmt.kind == "parquet":
             return list(_open_parquet(path).schema_arrow.names)
-        if fmt.kind == "json":
-            return None
+        if fmt.kind == "json":  # an array of records names its fields; an object keyed by id has no id column
+            try:
+                with open_text(path, encoding, errors="replace") as fh:
+                    data = json.load(fh)
+            except (json.JSONDecodeError, OSError):
+                return None  # from_json reports it with the line
+            if not isinstance(data, list):
+                return None
+            cols_j: dict[str, None] = {}
+            for rec in data[:100]:
+                if isinstance(rec, dict):
+                    cols_j.update(dict.fromkeys(map(str, rec)))
+            return list(cols_j)
         try:
             with open_text(path, encoding, errors="replace") as fh:
                 if fmt.kind == "csv":

@@ -54,6 +54,10 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ())
     m.add_argument("--batch-size", type=int, default=16, help="batch size of the from-scratch training (default 16)")
     m.add_argument("--init", choices=["mean", "semantic"], default="mean",
                    help="initialisation of the new SID rows (default mean)")
+    p.add_argument("--holdout", type=int, default=2,
+                   help="last items per user that the build does not learn from (popularity, collaborative "
+                        "embeddings): 2 (default) keeps the leave-one-out targets of neo train/eval unseen; 0 for "
+                        "a production system")
     p.add_argument("--seed", type=int, default=0, help="random seed of every step (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the build report JSON here")
     p.add_argument("--threads", type=int, default=1,
@@ -83,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BuildConfig(sids=args.sids, embedder=args.embedder, levels=args.levels, codebook_size=args.codebook_size,
                       collisions=args.collisions, model=args.model, vocab_size=args.vocab_size, hidden=args.hidden,
                       layers=args.layers, stage0_steps=args.stage0_steps, batch_size=args.batch_size, init=args.init,
-                      seed=args.seed)
+                      holdout=args.holdout, seed=args.seed)
     res = build_system(args.catalog, args.interactions, args.output, config=cfg,
                        catalog_options=catalog_options(args),
                        interaction_options=interaction_options(args) if args.interactions else None,

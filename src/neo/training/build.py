@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 from ..core.errors import NeoDataError
 
 __all__ = ["BuildConfig", "BuildError", "BuildResult", "SID_METHODS", "build_system", "format_build_report",
-           "load_local_model", "parse_sids_spec"]
+           "load_local_model", "parse_sids_spec", "training_part"]
 
 #: what ``sids=`` accepts (``codes:PATH`` names a file of codes the user already has)
 SID_METHODS = ("text",)
@@ -60,6 +60,11 @@ class BuildConfig:
         Tokenizer size and model shape of the from-scratch model, and its stage-0 schedule.
     init : {"mean", "semantic"}
         Initialisation of the new SID rows (:func:`neo.lm.adapt.adapt_model`).
+    holdout : int
+        Last items of each user left out of everything the build learns from the interactions
+        (popularity, collaborative embeddings): 2 keeps the leave-one-out validation and test
+        targets of ``neo train`` / ``neo eval`` unseen; 0 uses every interaction (a system for
+        production rather than for evaluation).
     seed : int
     """
 
@@ -76,6 +81,7 @@ class BuildConfig:
     batch_size: int = 16
     lr: float = 1e-3
     init: str = "mean"
+    holdout: int = 2
     seed: int = 0
 
 
@@ -128,6 +134,14 @@ def load_local_model(path: str | os.PathLike) -> tuple[Any, Any]:
         tok.pad_token = tok.eos_token
     model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def training_part(sequences: Any, holdout: int = 2) -> list[Any]:
+    """Per-user sequences without their last ``holdout`` items (users with fewer than ``holdout + 1``
+    items are kept whole, as :func:`neo.evaluation.protocols.leave_one_out` keeps them for training)."""
+    if holdout <= 0:
+        return list(sequences)
+    return [s[:-holdout] if len(s) > holdout else s for s in sequences]
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
@@ -220,6 +234,8 @@ def build_system(catalog: Any, interactions: Any = None, output_dir: str | os.Pa
                                    "downloads models", str(cfg.model))
     if cfg.collisions not in ("extra_level", "popular"):
         raise BuildError(f"--collisions {cfg.collisions!r}: use extra_level or popular")
+    if cfg.holdout < 0:
+        raise BuildError(f"--holdout {cfg.holdout}: give 0 or more items per user")
 
     import numpy as np
     import torch
@@ -256,9 +272,12 @@ def build_system(catalog: Any, interactions: Any = None, output_dir: str | os.Pa
         else:
             inter = read_interactions(interactions, catalog=cat, **dict(interaction_options or {}))
         used = inter.item_counts()
+        train_seqs = training_part(inter.sequences, holdout=cfg.holdout)
         if cat.popularity is None:
-            # the interaction count orders collision groups (saved as the catalog's popularity)
-            cat.popularity = used.astype(np.float64)
+            # interaction counts order collision groups (saved as the catalog's popularity); held-out
+            # targets do not count, so they cannot shape the SIDs that neo eval then tests
+            cat.popularity = np.bincount(np.concatenate(train_seqs) if train_seqs else np.zeros(0, np.int64),
+                                         minlength=len(cat)).astype(np.float64)
         unk = inter.info.get("unknown_items", {})
         inter_report = {
             "source": inter.info.get("source"), "format": inter.info.get("format"),
@@ -266,6 +285,7 @@ def build_system(catalog: Any, interactions: Any = None, output_dir: str | os.Pa
             "users": inter.n_users, "interactions": inter.n_interactions,
             "items_interacted": int((used > 0).sum()), "items_never_interacted": int((used == 0).sum()),
             "unknown_items_skipped": int(unk.get("rows_skipped", 0)), "target_type": infer_target_type(cat, inter),
+            "held_out_per_user": cfg.holdout,
         }
         say(f"   interactions: {inter.n_users} users, {inter.n_interactions} events over "
             f"{inter_report['items_interacted']} items ({inter.info.get('format')}, columns "

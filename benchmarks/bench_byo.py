@@ -75,7 +75,17 @@ def main() -> None:
     ap.add_argument("--num-beams", type=int, default=20, help="neo eval --num-beams")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every command")
     ap.add_argument("--out", default=str(RESULTS_DIR), help="where byo.json and byo.md go")
+    ap.add_argument("--note", action="append", default=[], help="a line added to the notes of byo.md (repeatable)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite byo.md from --out/byo.json and the logs in --work without running anything")
     a = ap.parse_args()
+    if a.render_only:
+        result = json.loads((Path(a.out) / "byo.json").read_text())
+        result["train"] = _train_summary((Path(a.work) / "train.log").read_text())
+        result["notes"] = a.note or result.get("notes", [])
+        (Path(a.out) / "byo.json").write_text(json.dumps(result, indent=1, default=float))
+        (Path(a.out) / "byo.md").write_text(render(result, Path(a.work)))
+        return
 
     data, work = Path(a.data), Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -109,20 +119,27 @@ def main() -> None:
     build = json.loads((work / "build.json").read_text())
     ev = json.loads((work / "eval.json").read_text())
     train_log = (work / "train.log").read_text()
-    m = re.search(r"instruct: (\d+) steps, train loss ([\d.]+)", train_log)
     result = {
         "benchmark": "byo", "machine": machine_info(), "load_avg_before": load_before, "load_avg_after": load_after,
         "data": str(data), "prepare_catalog_s": round(t_prep, 2), "commands": {k: "neo " + " ".join(v) for k, v in
                                                                               cmds.items()},
-        "wall_s": wall, "build_report": build, "train": {"steps": int(m.group(1)) if m else None,
-                                                         "train_loss": float(m.group(2)) if m else None},
-        "eval": ev,
+        "wall_s": wall, "build_report": build, "train": _train_summary(train_log), "eval": ev, "notes": a.note,
     }
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "byo.json").write_text(json.dumps(result, indent=1, default=float))
     (out / "byo.md").write_text(render(result, work))
     print((out / "byo.md").read_text())
+
+
+def _train_summary(log: str) -> dict:
+    """Steps, mean training loss and trainer runtime from the ``neo train`` output."""
+    m = re.search(r"instruct: (\d+) steps, train loss ([\d.]+)", log)
+    rt = re.search(r"'train_runtime': '([\d.]+)'", log)
+    steps = int(m.group(1)) if m else None
+    runtime = float(rt.group(1)) if rt else None
+    return {"steps": steps, "mean_train_loss": float(m.group(2)) if m else None, "trainer_runtime_s": runtime,
+            "s_per_step": round(runtime / steps, 3) if runtime and steps else None}
 
 
 def render(r: dict, work: Path) -> str:
@@ -161,12 +178,15 @@ def render(r: dict, work: Path) -> str:
         f"{t['sids']:.2f}, stage-0 model {t['model']:.2f} ({b['model']['stage0_steps']} steps, "
         f"{b['model']['stage0_s_per_step']:.3f} s/step), vocabulary + adaptation {t['adapt']:.2f}, save "
         f"{t['save']:.2f} |",
-        f"| `neo train instruct` | {r['wall_s']['train']:.1f} | {r['train']['steps']} steps, final train loss "
-        f"{r['train']['train_loss']} |",
+        f"| `neo train instruct` | {r['wall_s']['train']:.1f} | {r['train']['steps']} steps, "
+        f"{r['train']['s_per_step']} s/step (trainer {r['train']['trainer_runtime_s']:.0f} s), mean train loss "
+        f"{r['train']['mean_train_loss']} |",
         f"| `neo eval` | {r['wall_s']['eval']:.1f} | " + ", ".join(f"{k} {v:.1f}" for k, v in ev["timings_s"].items())
         + " |",
+        f"| all three | {sum(r['wall_s'].values()):.1f} | |",
         "",
-        "Wall times include starting Python and importing torch and transformers (a few seconds per command).",
+        "Wall times include starting Python and importing torch and transformers (a few seconds per command). "
+        "The machine was shared with other jobs (load averages above), which slows every step.",
         "",
         "## Build report",
         "",
@@ -201,6 +221,8 @@ def render(r: dict, work: Path) -> str:
         "end to end on a user's files and what each step costs. Issue 13 works on recommendation quality.",
         "",
     ]
+    if r.get("notes"):
+        lines += ["Notes:", "", *(f"- {n}" for n in r["notes"]), ""]
     return "\n".join(lines)
 
 

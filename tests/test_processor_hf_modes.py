@@ -249,16 +249,20 @@ def test_compatible_uses_of_those_options_still_work(world, mode):
                 assert tok.eos_token_id not in row[: kw["min_new_tokens"]]
 
 
-def test_conflict_outside_generate_is_still_reported(world):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_conflict_outside_generate_is_still_reported(world, dtype):
     """Called directly with scores another component already masked: no processor list to name, but a
-    clear error instead of a row that silently breaks the rules."""
+    clear error instead of a row that silently breaks the rules (numpy and torch paths of the check)."""
     tok, idx, v = world["tokenizer"], world["index"], world["vocab"]
     p = SidLogitsProcessor(idx, tok.eos_token_id, format="ids", max_items=1)
-    ids = torch.tensor([tok("recommend")["input_ids"] + [v.open_id]])
-    scores = torch.zeros(1, v.vocab_size)
-    scores[0, v.token_begin:] = float("-inf")
-    with pytest.raises(ValueError, match="another logits processor"):
+    ids = torch.tensor([tok("recommend")["input_ids"] + [v.open_id]] * 3)
+    scores = torch.zeros(3, v.vocab_size, dtype=dtype)
+    scores[1, v.token_begin:] = float("-inf")
+    with pytest.raises(ValueError, match=r"row 1 has no token left.*another logits processor"):
         p(ids, scores)
+    p.reset()
+    p(ids, torch.zeros(3, v.vocab_size, dtype=dtype))  # nothing masked before: fine
+    assert not p.errors()
 
 
 def test_masker_apply_is_unchanged_by_the_check(world):

@@ -498,19 +498,23 @@ class SidLogitsProcessor(LogitsProcessor):
             return
         V = scores.shape[1]
         c0 = min(m.col0, V)
-        dev = scores.device
-        empty: list[int] = []
-        for sel, keep in ((ids_text, m._keep_ids), (span, None)):
-            if sel.size == 0:
-                continue
-            r = torch.from_numpy(sel).to(dev)
-            alive = (~torch.isneginf(scores[r, c0:]).all(1) if V > c0
-                     else torch.zeros(len(sel), dtype=torch.bool, device=dev))
-            if keep is not None and keep.numel():
-                k = keep[keep < V].to(dev)
-                if k.numel():
-                    alive |= ~torch.isneginf(scores[r[:, None], k[None, :]]).all(1)
-            empty.extend(sel[~alive.cpu().numpy()].tolist())
+        sel = np.concatenate([ids_text, span])  # ids-format text rows first: they may also keep EOS/separators
+        keep = np.asarray([t for t in m.eos + m.separators if t < V], dtype=np.int64)
+        n_ids = ids_text.size if keep.size else 0
+        # A handful of tiny operations: on CPU numpy is several times cheaper per call than torch.
+        if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64, torch.float16):
+            a = scores.detach().numpy()
+            alive = (a[sel, c0:] != -np.inf).any(1)
+            if n_ids:
+                alive[:n_ids] |= (a[ids_text[:, None], keep[None, :]] != -np.inf).any(1)
+        else:
+            r = torch.from_numpy(sel).to(scores.device)
+            alive_t = (scores[r, c0:] != _NEG_INF).any(1)
+            if n_ids:
+                k = torch.from_numpy(keep).to(scores.device)
+                alive_t[:n_ids] |= (scores[r[:n_ids, None], k[None, :]] != _NEG_INF).any(1)
+            alive = alive_t.cpu().numpy()
+        empty = sel[~alive].tolist()
         if not empty:
             return
         empty.sort()

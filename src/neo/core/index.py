@@ -174,7 +174,8 @@ class SidIndex:
         Raises
         ------
         IndexFormatError
-            Missing, truncated, corrupted (checksum) or wrong-version file.
+            Missing, truncated, corrupted (checksum) or wrong-version file, or a path that is not a
+            regular file (a FIFO, directory, device or socket fails at once; it never blocks).
         ValueError
             The file's layout disagrees with ``layout``.
         """

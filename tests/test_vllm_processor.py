@@ -307,3 +307,118 @@ def test_rows_on_other_positions(index):
     dec.mask(logits, rows=np.array([0, 1]), slots=np.array([3, 1]))
     assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [EOS]
     assert torch.isfinite(logits[1]).sum() == lay.sid_token_begin
+
+
+# ------------------------------------------------------------------ the vLLM classes themselves (need vLLM)
+@pytest.fixture(scope="module")
+def saved_system(tmp_path_factory):
+    pytest.importorskip("vllm")
+    from test_system import make_catalog_and_sids
+    from _tiny import make_model, make_tokenizer
+    from neo.lm.system import NeoSystem
+
+    cat, sids = make_catalog_and_sids()
+    tok = make_tokenizer()
+    model = make_model("llama", len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                       bos_token_id=tok.bos_token_id)
+    s = NeoSystem.build(model, tok, cat, sids)
+    return s, s.save_pretrained(tmp_path_factory.mktemp("vllm") / "system")
+
+
+def _fake_config(model_dir, vocab, listed=()):
+    from types import SimpleNamespace
+
+    mc = SimpleNamespace(model=str(model_dir), logits_processors=list(listed), revision=None,
+                         hf_config=SimpleNamespace(eos_token_id=2), get_vocab_size=lambda: vocab)
+    return SimpleNamespace(model_config=mc, scheduler_config=SimpleNamespace(max_num_seqs=4), speculative_config=None)
+
+
+def test_vllm_v2_interface_with_stand_ins(saved_system):
+    """The V2 model runner path (the GPU default in vLLM 0.32) driven by stand-ins for its request state:
+    rows are reordered every step, the prompt is read back in apply_staged_writes, tokens come from the
+    fed input ids."""
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace
+
+    from neo.integrations.vllm import NeoLogitsProcessor
+
+    system, d = saved_system
+    lay = system.vocab.layout
+    V = len(system.tokenizer)
+    max_len = 64
+    all_ids = torch.zeros(4, max_len, dtype=torch.int64)
+    prompt_len = np.zeros(4, dtype=np.int64)
+    rs = SimpleNamespace(max_num_reqs=4, prompt_len=SimpleNamespace(np=prompt_len),
+                         all_token_ids=SimpleNamespace(gpu=all_ids))
+    proc = NeoLogitsProcessor(_fake_config(d, V), rs)
+    prompts = {2: [5, 6, lay.open_id], 0: [7, 8, 9]}
+    for slot, p in prompts.items():
+        all_ids[slot, :len(p)] = torch.tensor(p)
+        prompt_len[slot] = len(p)
+    assert proc.add_request(2, SimpleNamespace(extra_args={"neo_format": "ids", "neo_max_items": 2}))
+    assert not proc.add_request(0, SimpleNamespace(extra_args=None))
+    proc.apply_staged_writes()
+    ref = DecodeState(system.index, 1, [2], [], 1)
+    ref.set_row_options(0, format="ids", max_items=2)
+    ref.advance(np.asarray([lay.open_id]))
+    length = {s: len(p) for s, p in prompts.items()}
+    rng = np.random.default_rng(0)
+    for step in range(20):
+        order = [2, 0] if step % 2 else [0, 2]
+        logits = torch.randn(2, V, generator=torch.Generator().manual_seed(step))
+        raw = logits.clone()
+        ctx = SimpleNamespace(idx_mapping_np=np.asarray(order), input_ids=torch.tensor([int(all_ids[s, length[s] - 1]) for s in order]),
+                              pos=torch.tensor([length[s] - 1 for s in order]))
+        proc.apply(logits, ctx)
+        for row, slot in enumerate(order):
+            if slot == 0:
+                assert torch.equal(logits[row], raw[row])
+            else:
+                _check_row_mask(logits[row], raw[row], ref, lay.vocab_size)
+                tok = int(torch.argmax(logits[row]))
+                ref.advance(np.asarray([tok]))
+                all_ids[slot, length[slot]] = tok
+                length[slot] += 1
+        all_ids[0, length[0]] = int(rng.integers(3, 300))
+        length[0] += 1
+    assert proc.decoder.consumed[2] == 19  # the token sampled at the last step is not fed yet
+    assert len(system.index.item_tokens(proc.decoder.emitted(2))[0]) >= 1
+
+
+def test_vllm_plugin_stands_aside_when_listed_and_rejects_bad_params(saved_system):
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace
+
+    import torch as _torch
+
+    from neo.integrations.vllm import NeoLogitsProcessor, NeoLogitsProcessorPlugin
+
+    system, d = saved_system
+    V = len(system.tokenizer)
+    listed = _fake_config(d, V, listed=["neo.integrations.vllm:NeoLogitsProcessor"])
+    assert NeoLogitsProcessorPlugin(listed, _torch.device("cpu"), False)._inactive
+    assert not NeoLogitsProcessor(listed, _torch.device("cpu"), False)._inactive
+    assert not NeoLogitsProcessorPlugin(_fake_config(d, V), _torch.device("cpu"), False)._inactive
+    with pytest.raises(ValueError, match="needs 321"):
+        NeoLogitsProcessor(_fake_config(d, 300), _torch.device("cpu"), False)
+    with pytest.raises(ValueError, match="neo_format='xml'"):
+        NeoLogitsProcessor.validate_params(SimpleNamespace(extra_args={"neo_format": "xml"}, min_tokens=0,
+                                                           structured_outputs=None))
+    with pytest.raises(ValueError, match="min_tokens"):
+        NeoLogitsProcessor.validate_params(SimpleNamespace(extra_args={"neo_format": "ids"}, min_tokens=3,
+                                                           structured_outputs=None))
+    # the engine in this process loaded the system: names and rows are checked at admission too
+    with pytest.raises(ValueError, match="unknown item type 'film'"):
+        NeoLogitsProcessor.validate_params(SimpleNamespace(extra_args={"neo_types": "film"}, min_tokens=0,
+                                                           structured_outputs=None))
+    # a model that is not a neo system: requests asking for neo end at once, others are untouched
+    plain = d.parent / "plain"
+    system.model.save_pretrained(plain)
+    p = NeoLogitsProcessor(_fake_config(plain, V), _torch.device("cpu"), False)
+    assert p.decoder is None
+    upd = BatchUpdate(2, added=[(0, SimpleNamespace(extra_args={"neo_format": "ids"}), [5], []),
+                                (1, SimpleNamespace(extra_args=None), [5], [])])
+    p.update_state(upd)
+    logits = torch.zeros(2, V)
+    p.apply(logits)
+    assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [2] and torch.isfinite(logits[1]).all()

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,8 @@ class NeoLogitsProcessor(*_bases):
 
     def __init__(self, vllm_config: Any, *args: Any) -> None:
         _INSTANCES.add(self)
+        # seconds spent in this processor and calls (benchmarks read them: the share of a step in neo)
+        self.timing = {"update_s": 0.0, "apply_s": 0.0, "steps": 0}
         self._v2 = len(args) == 1
         self._req_states = args[0] if self._v2 else None
         if self._v2:
@@ -216,7 +219,9 @@ class NeoLogitsProcessor(*_bases):
         if self._inactive or batch_update is None:
             return
         if self.decoder is not None:
+            t = time.perf_counter()
             self.decoder.update(batch_update)
+            self.timing["update_s"] += time.perf_counter() - t
             return
         # no system: remember the rows of requests that asked for neo, to end them
         for i in batch_update.removed:
@@ -240,12 +245,20 @@ class NeoLogitsProcessor(*_bases):
         if self._inactive:
             return logits
         if ctx is not None:
-            return self._apply_v2(logits, ctx)
+            t = time.perf_counter()
+            out = self._apply_v2(logits, ctx)
+            self.timing["apply_s"] += time.perf_counter() - t
+            self.timing["steps"] += 1
+            return out
         if self.decoder is None:
             rows = [r for r in self._passive_rows if r < logits.shape[0]]
             return _end_rows(logits, rows, self._eos_fallback)
+        t = time.perf_counter()
         self.decoder.sync(logits.shape[0])
-        return self.decoder.mask(logits)
+        out = self.decoder.mask(logits)
+        self.timing["apply_s"] += time.perf_counter() - t
+        self.timing["steps"] += 1
+        return out
 
     # ------------------------------------------------------------------ V2 interface
     def add_request(self, req_idx: int, sampling_params: Any) -> bool:

@@ -422,3 +422,21 @@ def test_vllm_plugin_stands_aside_when_listed_and_rejects_bad_params(saved_syste
     logits = torch.zeros(2, V)
     p.apply(logits)
     assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [2] and torch.isfinite(logits[1]).all()
+
+
+def test_vllm_frontend_finds_the_system_through_neo_system(saved_system, monkeypatch):
+    """The OpenAI server validates requests in another process than the engine's: NEO_SYSTEM lets it check
+    names and rows; without it only the spelling is checked there."""
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace
+
+    import neo.integrations.vllm as neo_vllm
+
+    _, d = saved_system
+    params = SimpleNamespace(extra_args={"neo_types": "film"}, min_tokens=0, structured_outputs=None)
+    monkeypatch.setattr(neo_vllm, "_SYSTEMS", {})
+    monkeypatch.delenv("NEO_SYSTEM", raising=False)
+    neo_vllm.NeoLogitsProcessor.validate_params(params)  # cannot see the catalog: accepted here
+    monkeypatch.setenv("NEO_SYSTEM", str(d))
+    with pytest.raises(ValueError, match="unknown item type 'film'"):
+        neo_vllm.NeoLogitsProcessor.validate_params(params)

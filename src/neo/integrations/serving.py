@@ -289,6 +289,7 @@ class SlotDecoder:
         self.rejected: dict[int, str] = {}
         self.stats = {"added": 0, "removed": 0, "moved": 0, "swapped": 0, "tokens": 0, "masked_rows": 0}
         self._device_bitmask: dict[Any, Any] = {}
+        self._geometry: dict[tuple[int, int], Any] = {}
 
     # ------------------------------------------------------------------ batch bookkeeping
     def add(self, slot: int, options: RequestOptions | None, prompt_ids: Sequence[int] | None = None,
@@ -466,6 +467,8 @@ class SlotDecoder:
             A list holds a placeholder (-1): the engine has not written the sampled token yet.
         """
         n = self.max_slots if num_slots is None else min(int(num_slots), self.max_slots)
+        if not self.constrained[:n].any():
+            return
         slots = np.flatnonzero(self.constrained[:n])
         pending_rows, pending_toks = [], []
         for s in slots.tolist():
@@ -512,26 +515,93 @@ class SlotDecoder:
         Returns
         -------
         The same tensor.
+
+        Notes
+        -----
+        On CUDA the packed bitmask rows go to the device and neo's Triton kernel applies them. On
+        CPU, unpacking the whole vocabulary per row would cost more than the model step of a small
+        model, so the mask is applied by region, exactly as the bits say: below the SID block a row's
+        words are either all ones (free text: nothing to do) or hold a few allowed tokens (EOS,
+        separators: the row is set to -inf and those restored); from the SID block on, the bits are
+        unpacked (about ``num_sid_tokens`` columns).
         """
-        import torch
-
-        from ..kernels import apply_token_bitmask_inplace
-
         if slots is None:
             slots = np.flatnonzero(self.constrained[: logits.shape[0]])
             rows = slots
         if len(slots) == 0:
             return logits
         slots = np.asarray(slots, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
         self.stats["masked_rows"] += len(slots)
         self.state.fill_next_token_bitmask(self._bitmask_np, slots, incremental=True)
-        same = rows is slots or np.array_equal(rows, slots)
-        bm = self.bitmask if same else self._gather(slots, np.asarray(rows, dtype=np.int64), logits.shape[0])
-        if logits.device.type != "cpu":
-            bm = self._to_device(bm, logits.device)
-        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(logits.device)
-        apply_token_bitmask_inplace(logits, bm, indices=idx)
+        if logits.device.type == "cpu":
+            self._apply_cpu(logits, rows, self._bitmask_np[slots])
+            return logits
+        import torch
+
+        from ..kernels import apply_token_bitmask_inplace
+
+        same = np.array_equal(rows, slots)
+        bm = self.bitmask if same else self._gather(slots, rows, logits.shape[0])
+        bm = self._to_device(bm, logits.device)
+        apply_token_bitmask_inplace(logits, bm, indices=torch.from_numpy(rows).to(logits.device))
         return logits
+
+    def _apply_cpu(self, logits: Any, rows: np.ndarray, words: np.ndarray) -> None:
+        """``logits[rows[i], t] = -inf`` wherever bit t of ``words[i]`` is 0 (and past the mask)."""
+        import torch
+
+        V = logits.shape[1]
+        W = words.shape[1]
+        w0 = min(self.layout.sid_token_begin // 32, W, V // 32)
+        c0 = 32 * w0
+        head = words[:, :w0]
+        closed = np.flatnonzero(~(head == -1).all(axis=1))  # rows that do not allow all of free text
+        bits = np.arange(32, dtype=np.int32)
+        for i in closed.tolist():
+            r = int(rows[i])
+            nz = np.flatnonzero(head[i])
+            if nz.size > 64:  # not a pattern the state machine writes; exact anyway
+                allowed_head = ((head[i][:, None] >> bits) & 1).astype(bool).reshape(-1)
+                row = logits[r, :c0]
+                row.masked_fill_(~torch.from_numpy(allowed_head), float("-inf"))
+                continue
+            ids = (nz[:, None] * 32 + bits)[((head[i][nz][:, None] >> bits) & 1).astype(bool)]
+            if ids.size:
+                idx = torch.from_numpy(ids.astype(np.int64))
+                keep = logits[r].index_select(0, idx)
+                logits[r, :c0].fill_(float("-inf"))
+                logits[r].index_copy_(0, idx, keep)
+            else:
+                logits[r, :c0].fill_(float("-inf"))
+        ncols = V - c0
+        if ncols <= 0:
+            return
+        word, shift, beyond = self._tail_geometry(ncols, W - w0)
+        tail_words = torch.from_numpy(words[:, w0:])
+        disallowed = ((tail_words.index_select(1, word) >> shift) & 1) == 0
+        if beyond is not None:
+            disallowed |= beyond
+        if len(rows) == logits.shape[0] and np.array_equal(rows, np.arange(len(rows))):
+            logits[:, c0:].masked_fill_(disallowed, float("-inf"))
+        else:
+            r = torch.from_numpy(rows)
+            logits[r, c0:] = logits[r, c0:].masked_fill_(disallowed, float("-inf"))
+
+    def _tail_geometry(self, ncols: int, nwords: int) -> tuple[Any, Any, Any]:
+        """Per column from the SID block on: its word, its bit, and whether it lies past the mask (cached)."""
+        import torch
+
+        key = (ncols, nwords)
+        geo = self._geometry.get(key)
+        if geo is None:
+            cols = torch.arange(ncols)
+            word = (cols // 32).clamp(max=max(nwords - 1, 0))
+            shift = (cols % 32).to(torch.int32)
+            beyond = cols >= 32 * nwords
+            geo = (word, shift, beyond if bool(beyond.any()) else None)
+            self._geometry[key] = geo
+        return geo
 
     def _gather(self, slots: np.ndarray, rows: np.ndarray, num_rows: int) -> Any:
         import torch

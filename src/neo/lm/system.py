@@ -5,7 +5,7 @@ Layout of a saved directory (format 2)::
     config.json, generation_config.json, model.safetensors    HF model (``save_pretrained``)
     tokenizer.json, tokenizer_config.json, ...                HF tokenizer, SID tokens installed
     neo/
-        neo_system.json    manifest: versions, sizes, SHA-256 of every other file
+        neo_system.json    manifest: versions, sizes, SHA-256 of the model/tokenizer/catalog/SID files
         vocab.json         SidVocab (token layout and strings)
         index.neotrie      SidIndex (versioned, checksummed binary)
         catalog/           neo Catalog (optional)
@@ -237,6 +237,8 @@ def _check_files(loc: SystemLocation, verify: bool) -> None:
         return  # format 1: nothing recorded
     for rel, rec in sorted(files.items()):
         f = loc.root / rel
+        if not isinstance(rec, dict) or not isinstance(rec.get("size"), int) or not isinstance(rec.get("sha256"), str):
+            raise SystemFormatError(f"{loc.neo_dir / MANIFEST}: the record of {rel} is damaged ({rec!r})")
         if not f.is_file():
             raise FileNotFoundError(f"saved neo system {loc.root} is missing {rel} (listed in its manifest)")
         size = f.stat().st_size

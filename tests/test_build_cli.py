@@ -113,7 +113,7 @@ def test_build_train_eval_on_user_files(fmt, tmp_path, tiny_model_dir):
     ids = [r["id"] for r in _catalog()]
     assert system.catalog.ids == ids and system.catalog.type_names == ["movie", "tag"]
     assert system.index.num_items == len(ids) and system.sids is not None
-    rep = json.loads((sysdir / "neo_build.json").read_text())
+    rep = json.loads((sysdir / "neo" / "build_report.json").read_text())
     assert rep == json.loads((tmp_path / "build.json").read_text())
     assert rep["catalog"]["items"] == len(ids) and rep["catalog"]["types"] == {"movie": N_MOVIES, "tag": N_TAGS}
     assert rep["interactions"]["users"] == N_USERS and rep["interactions"]["interactions"] == N_USERS * PER_USER
@@ -275,13 +275,13 @@ def test_existing_system_needs_overwrite(tmp_path, capsys):
     cp, ip, _ = _write("csv", tmp_path)
     out = tmp_path / "sys"
     assert main(["build", "--catalog", cp, "--output", str(out), *TINY]) == 0
-    before = (out / "neo_system.json").read_text()
+    before = (out / "neo" / "neo_system.json").read_text()
     capsys.readouterr()
     assert main(["build", "--catalog", cp, "--output", str(out), *TINY]) == 2
     assert "already holds a neo system; pass --overwrite" in capsys.readouterr().err
-    assert (out / "neo_system.json").read_text() == before
+    assert (out / "neo" / "neo_system.json").read_text() == before
     assert main(["build", "--catalog", cp, "--interactions", ip, "--output", str(out), "--overwrite", *TINY]) == 0
-    assert json.loads((out / "neo_build.json").read_text())["interactions"]["users"] == N_USERS
+    assert json.loads((out / "neo" / "build_report.json").read_text())["interactions"]["users"] == N_USERS
 
 
 def test_build_system_from_python_leaves_the_catalog_alone(tmp_path):

@@ -31,6 +31,8 @@ from ..core.errors import NeoDataError
 __all__ = ["BuildConfig", "BuildError", "BuildResult", "SID_METHODS", "build_system", "format_build_report",
            "load_local_model", "parse_sids_spec", "training_part"]
 
+BUILD_REPORT = "build_report.json"  # in the system's neo/ folder
+
 #: what ``sids=`` accepts (``codes:PATH`` names a file of codes the user already has)
 SID_METHODS = ("text",)
 
@@ -146,13 +148,20 @@ def training_part(sequences: Any, holdout: int = 2) -> list[Any]:
 
 def _check_output(out: Path, overwrite: bool) -> None:
     """Refuse to replace anything that is not a neo system, and a neo system unless asked to."""
+    from ..lm.system import SystemFormatError, find_system
+
     if not out.exists():
         return
     if not out.is_dir():
         raise BuildError(f"--output {out} is a file; give a directory for the system")
     if not any(out.iterdir()):
         return
-    if not (out / "neo_system.json").is_file():
+    try:
+        find_system(out)
+        is_system = True
+    except (FileNotFoundError, SystemFormatError):
+        is_system = False
+    if not is_system:
         raise BuildError(f"--output {out} exists and holds files that are not a neo system; choose a new or empty "
                          "directory (nothing there was changed)")
     if not overwrite:
@@ -206,7 +215,7 @@ def build_system(catalog: Any, interactions: Any = None, output_dir: str | os.Pa
         ``neo eval`` read the same file.
     output_dir : path-like, optional
         Where the system is saved (must be new, empty, or a neo system with ``overwrite=True``);
-        ``None``: not saved. A build report ``neo_build.json`` is written beside it.
+        ``None``: not saved. The report is also written to ``neo/build_report.json`` in it.
     config : BuildConfig
     progress : bool
         Progress bars while training the from-scratch model.
@@ -242,7 +251,7 @@ def build_system(catalog: Any, interactions: Any = None, output_dir: str | os.Pa
 
     from ..items.catalog import Catalog
     from ..items.datasets import Interactions, infer_target_type, read_interactions
-    from ..lm.system import NeoSystem
+    from ..lm.system import NEO_SUBDIR, NeoSystem
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -369,8 +378,8 @@ def build_system(catalog: Any, interactions: Any = None, output_dir: str | os.Pa
         "config": asdict(cfg),
         "output_dir": str(out) if out is not None else None,
     }
-    if out is not None:
-        (out / "neo_build.json").write_text(json.dumps(report, indent=1, default=float))
+    if out is not None:  # beside neo's other files; not part of the manifest, so loading ignores it
+        (out / NEO_SUBDIR / BUILD_REPORT).write_text(json.dumps(report, indent=1, default=float))
     return BuildResult(system, out, report)
 
 

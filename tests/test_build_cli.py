@@ -139,10 +139,12 @@ def test_build_train_eval_on_user_files(fmt, tmp_path, tiny_model_dir):
     # every item the trained system generates is a real catalog item of the asked type
     trained = NeoSystem.load(rundir / "system")
     hist = [trained.catalog.row(f"m{i}") for i in (0, 2, 4)]
+    span = max(t.levels for t in trained.vocab.layout.types) + 2  # [SID] codes [/SID]
     outs = trained.generate([Prompt(task="recommend", target_types="movie", format="ids", history=hist, k=3),
                              Prompt(task="recommend", target_types="tag", format="ids", history=hist, k=2)],
-                            max_new_tokens=16)
+                            max_new_tokens=3 * (span + 4))  # room for 3 spans and separators: none is cut off
     for g, t in zip(outs, ("movie", "tag")):
+        assert g.status != "span" and g.items, g
         assert all(it.valid and it.type == t for it in g.items), g
     for lst in trained.topk_items([Prompt(task="recommend", target_types="movie", history=hist)], k=5, num_beams=5):
         assert len(lst) == 5 and all(it.valid and it.type == "movie" and it.row not in hist for it in lst)
@@ -299,3 +301,84 @@ def test_build_system_from_python_leaves_the_catalog_alone(tmp_path):
     assert res.system.catalog.popularity.sum() == N_USERS * (PER_USER - 2)  # held-out targets do not count
     text = format_build_report(res.report)
     assert "collision rate" in text and "unreachable items: 0" in text and "time per step" in text
+
+
+@pytest.mark.parametrize("method", ["cf", "hybrid", "codes"])
+def test_sid_methods(method, tmp_path, capsys):
+    from neo.lm.system import NeoSystem
+
+    cp, ip, _ = _write("csv", tmp_path)
+    spec = method
+    given = {f"m{i}": [i % 4, (i // 4) % 3, i % 5] for i in range(N_MOVIES)}  # tags: no codes -> text SIDs
+    if method == "codes":
+        (tmp_path / "codes.json").write_text(json.dumps({k: [f"<a_{a}>", f"<b_{b}>", f"<c_{c}>"]
+                                                         for k, (a, b, c) in given.items()}))
+        spec = f"codes:{tmp_path / 'codes.json'}"
+    out = tmp_path / "sys"
+    assert main(["build", "--catalog", cp, "--interactions", ip, "--sids", spec, "--output", str(out), *TINY]) == 0
+    rep = json.loads((out / "neo" / "build_report.json").read_text())
+    assert rep["sids"]["method"] == method and rep["sids"]["unreachable"] == 0
+    system = NeoSystem.load(out)
+    assert system.index.num_items == N_MOVIES + N_TAGS
+    if method == "codes":
+        rows = system.catalog.rows_of_type("movie")
+        want = np.asarray([given[system.catalog.ids[r]] for r in rows])
+        np.testing.assert_array_equal(system.sids.codes["movie"][:, :3], want)  # the user's codes, as given
+        assert rep["sids"]["embeddings"]["types_from_embeddings"] == ["tag"]
+    else:
+        assert rep["sids"]["embeddings"]["types"]["movie"]["source"] == method
+        assert rep["sids"]["embeddings"]["types"]["tag"]["source"] == "text (no interactions)"  # no tag events
+        assert any("tag" in w and "text embeddings only" in w for w in rep["warnings"])
+    assert "Build report" in capsys.readouterr().out
+
+
+def test_bad_codes_and_options_give_one_line_errors(tmp_path, capsys):
+    cp, ip, _ = _write("csv", tmp_path)
+
+    def codes(name: str, obj) -> str:
+        (tmp_path / name).write_text(json.dumps(obj))
+        return f"codes:{tmp_path / name}"
+
+    full = {f"m{i}": [i % 4, i % 3] for i in range(N_MOVIES)}
+    cases = [
+        (["--sids", "cf"], "--sids cf learns from interactions: add --interactions FILE"),
+        (["--interactions", ip, "--sids", codes("unk.json", {**full, "zz": [1, 2]})],
+         "unk.json: item 'zz' has codes but is not in the catalog"),
+        (["--interactions", ip, "--sids", codes("part.json", {"m0": [1, 2]})],
+         "part.json: 23 item(s) of type 'movie' have no codes"),
+        (["--interactions", ip, "--sids", codes("len.json", {**full, "m3": [1, 2, 3]})],
+         "len.json: items of type 'movie' have codes of different lengths [2, 3]"),
+        (["--interactions", ip, "--sids", codes("neg.json", {**full, "m3": "<a_1><b_-2>"})],
+         "neg.json item 'm3': negative code"),
+        (["--interactions", ip, "--sids", "codes:" + str(tmp_path / "nope.json")], "nope.json: no such file"),
+        (["--interactions", ip, "--sids", "hybrid", "--cf-weight", "2"], "--cf-weight 2.0: give a share in [0, 1]"),
+        (["--interactions", ip, "--balance", "0.5"], "--balance 0.5: give a number >= 1"),
+        (["--interactions", ip, "--holdout", "-1"], "--holdout -1: give 0 or more"),
+        (["--user-col", "who"], "--user-col name(s) columns of --interactions, which was not given"),
+    ]
+    for args, expect in cases:
+        rc = main(["build", "--catalog", cp, *args, "--output", str(tmp_path / "out"), *TINY])
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert rc == 2 and len(err) == 1 and err[0].startswith("neo build: error: "), (args, rc, err)
+        assert expect in err[0], (args, err[0])
+        assert not (tmp_path / "out").exists()
+
+
+def test_holdout_keeps_test_targets_out_of_the_collaborative_embeddings():
+    from neo.items.catalog import Catalog
+    from neo.items.datasets import Interactions
+    from neo.training.build import BuildConfig, build_system, training_part
+
+    assert [s.tolist() for s in training_part([np.arange(5), np.arange(2)], 2)] == [[0, 1, 2], [0, 1]]
+    cat = Catalog.from_records([{"id": f"m{i}", "title": f"movie {i}"} for i in range(10)], default_type="movie")
+    # m9 is only ever a user's last item (the leave-one-out test target); m0..m8 appear earlier too
+    seqs = [np.asarray([(u + k) % 9 for k in range(4)] + [9]) for u in range(9)]
+    inter = Interactions([f"u{u}" for u in range(9)], cat.ids, seqs, None)
+    cold = {}
+    for h in (2, 0):
+        cfg = BuildConfig(sids="cf", holdout=h, stage0_steps=1, hidden=32, layers=1, vocab_size=300, levels=2,
+                          codebook_size=4)
+        rep = build_system(cat, inter, None, config=cfg, progress=False, log=None).report
+        cold[h] = rep["sids"]["embeddings"]["types"]["movie"]["n_cold"]
+        assert rep["interactions"]["held_out_per_user"] == h
+    assert cold[0] == 0 and cold[2] >= 1  # with the hold-out, m9 has no collaborative signal at all

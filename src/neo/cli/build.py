@@ -32,12 +32,24 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ())
     p.add_argument("--overwrite", action="store_true", help="replace a neo system already saved in --output")
     s = p.add_argument_group("semantic IDs")
     s.add_argument("--sids", default="text", metavar="METHOD",
-                   help="how item SIDs are made: 'text' (residual k-means over text embeddings; default)")
+                   help="how item SIDs are made: 'text' (residual k-means over text embeddings; default), 'cf' "
+                        "(over collaborative embeddings learnt from --interactions), 'hybrid' (both), or "
+                        "'codes:FILE' (codes you already have: JSON id -> codes, or a table with an id and a codes "
+                        "column; neo adds the collision level)")
     s.add_argument("--embedder", default="tfidf", metavar="SPEC",
                    help="text embedder: 'tfidf' (offline, default), a .npy file of vectors in catalog order, or a "
                         "local model directory")
+    s.add_argument("--cf-method", choices=["cooc", "mf"], default="cooc",
+                   help="collaborative embeddings of cf/hybrid: 'cooc' (co-occurrence PPMI + SVD, default) or 'mf' "
+                        "(implicit ALS)")
+    s.add_argument("--cf-dim", type=int, default=64, help="dimension of the collaborative embeddings (default 64)")
+    s.add_argument("--cf-weight", type=float, default=0.5,
+                   help="hybrid: share of the collaborative part in the similarity, 0..1 (default 0.5)")
     s.add_argument("--levels", type=int, help="SID levels per type (default: from the number of items)")
     s.add_argument("--codebook-size", type=int, help="codes per level (default: from the number of items)")
+    s.add_argument("--balance", type=float, metavar="B",
+                   help="balanced k-means: no cluster above B times the mean size within its prefix (e.g. 1.1; "
+                        "default: standard k-means)")
     s.add_argument("--collisions", choices=["extra_level", "popular"], default="extra_level",
                    help="items sharing codes: 'extra_level' adds a level so every item is reachable (default); "
                         "'popular' keeps the most popular one")
@@ -84,9 +96,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = BuildConfig(sids=args.sids, embedder=args.embedder, levels=args.levels, codebook_size=args.codebook_size,
-                      collisions=args.collisions, model=args.model, vocab_size=args.vocab_size, hidden=args.hidden,
-                      layers=args.layers, stage0_steps=args.stage0_steps, batch_size=args.batch_size, init=args.init,
+    cfg = BuildConfig(sids=args.sids, embedder=args.embedder, cf_method=args.cf_method, cf_dim=args.cf_dim,
+                      cf_weight=args.cf_weight, levels=args.levels, codebook_size=args.codebook_size,
+                      balance=args.balance, collisions=args.collisions, model=args.model,
+                      vocab_size=args.vocab_size, hidden=args.hidden, layers=args.layers,
+                      stage0_steps=args.stage0_steps, batch_size=args.batch_size, init=args.init,
                       holdout=args.holdout, seed=args.seed)
     res = build_system(args.catalog, args.interactions, args.output, config=cfg,
                        catalog_options=catalog_options(args),

@@ -13,15 +13,26 @@ as ``neo demo`` does). The system is untrained on the tasks: ``neo train`` (or
 Semantic IDs come from (``sids=``):
 
 * ``"text"`` -- residual k-means over text embeddings of each item (``embedder``: ``"tfidf"``, the
-  offline default, a ``.npy`` file or a local model directory).
+  offline default, a ``.npy`` file or a local model directory);
+* ``"cf"`` -- collaborative embeddings learnt from the interactions (items that co-occur in users'
+  sequences get near codes; items without interactions are placed by their text);
+* ``"hybrid"`` -- both, joined so that cosine similarity mixes them (``cf_weight``);
+* ``"codes:PATH"`` -- codes the user already has (published SIDs, their own quantiser), read by
+  :func:`neo.items.datasets.read_codes`; neo applies the collision policy itself. Types without
+  codes in the file get SIDs from the text embedder.
+
+The collaborative part learns from the interactions minus each user's last ``holdout`` items (the
+leave-one-out targets of ``neo train`` and ``neo eval``), so the SIDs never encode a test target.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -34,7 +45,7 @@ __all__ = ["BuildConfig", "BuildError", "BuildResult", "SID_METHODS", "build_sys
 BUILD_REPORT = "build_report.json"  # in the system's neo/ folder
 
 #: what ``sids=`` accepts (``codes:PATH`` names a file of codes the user already has)
-SID_METHODS = ("text",)
+SID_METHODS = ("text", "cf", "hybrid", "codes")
 
 
 class BuildError(NeoDataError):
@@ -48,12 +59,20 @@ class BuildConfig:
     Attributes
     ----------
     sids : str
-        How semantic IDs are made: one of :data:`SID_METHODS`.
+        How semantic IDs are made: ``"text"``, ``"cf"``, ``"hybrid"`` or ``"codes:PATH"`` (see the
+        module docstring).
     embedder : str
-        Text embedder for ``sids="text"``: ``"tfidf"`` (offline TF-IDF + SVD), a ``.npy`` file of
-        vectors in catalog order, or a local model directory (:func:`neo.items.embeddings.get_embedder`).
+        Text embedder: ``"tfidf"`` (offline TF-IDF + SVD), a ``.npy`` file of vectors in catalog
+        order, or a local model directory (:func:`neo.items.embeddings.get_embedder`).
+    cf_method, cf_dim, cf_weight
+        Collaborative embeddings (``cf``, ``hybrid``): ``"cooc"`` (co-occurrence PPMI + SVD) or
+        ``"mf"`` (implicit ALS), their dimension, and the collaborative share of a hybrid's cosine
+        (:func:`neo.items.collaborative.sid_embeddings`).
     levels, codebook_size : int, optional
         SID shape per type (default: :func:`neo.items.sids.default_sid_config` for each type's size).
+    balance : float, optional
+        Balanced k-means (:func:`neo.items.sids.build_sids`): no cluster above ``balance`` times
+        the mean size within its prefix; ``None``: standard k-means.
     collisions : {"extra_level", "popular"}
         What happens to items that share codes (see :func:`neo.items.sids.build_sids`).
     model : str, optional
@@ -72,8 +91,12 @@ class BuildConfig:
 
     sids: str = "text"
     embedder: str = "tfidf"
+    cf_method: str = "cooc"
+    cf_dim: int = 64
+    cf_weight: float = 0.5
     levels: int | None = None
     codebook_size: int | None = None
+    balance: float | None = None
     collisions: str = "extra_level"
     model: str | None = None
     vocab_size: int = 4000
@@ -144,6 +167,76 @@ def training_part(sequences: Any, holdout: int = 2) -> list[Any]:
     if holdout <= 0:
         return list(sequences)
     return [s[:-holdout] if len(s) > holdout else s for s in sequences]
+
+
+@contextlib.contextmanager
+def _warnings_to(sink: list[str], say: Callable[[str], None]) -> Any:
+    """Collect the warnings of a step (SID collisions, items without interactions) into the report and
+    print each as one line, instead of Python's two-line warning format."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        msg = str(w.message).strip()
+        if "balance=" in msg or "codebook_size=" in msg:  # the fix is named as Python arguments
+            msg += " [neo build: --balance, --levels, --codebook-size]"
+        sink.append(msg)
+        say(f"   warning: {msg}")
+
+
+def _user_step(fn: Callable[[], Any], option: str) -> Any:
+    """Run a step whose ``ValueError`` means an option or input does not fit: a one-line
+    :class:`BuildError` naming the option (``--debug`` still shows the traceback)."""
+    try:
+        return fn()
+    except NeoDataError:
+        raise
+    except ValueError as e:
+        raise BuildError(f"{option}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+
+
+def _describe_embeddings(cfg: BuildConfig, kind: str) -> str:
+    cf = f"collaborative ({cfg.cf_method}, dim {cfg.cf_dim}) from the interactions"
+    if kind == "text":
+        return f"text ({cfg.embedder})"
+    if kind == "cf":
+        return cf
+    return f"hybrid: text ({cfg.embedder}) + {cf}, collaborative share {cfg.cf_weight}"
+
+
+def _codes_by_type(catalog: Any, codes: Mapping[str, Sequence[int]], name: str) -> dict[str, Any]:
+    """id -> codes as ``{type: int64[N_t, L_t]}`` in catalog row order, for the types the file covers.
+
+    Raises
+    ------
+    BuildError
+        Ids outside the catalog, a type covered in part, or codes of different lengths in a type.
+    """
+    import numpy as np
+
+    unknown = [k for k in codes if k not in catalog]
+    if unknown:
+        raise BuildError(f"{name}: item {unknown[0]!r} has codes but is not in the catalog ({len(unknown)} such id(s)); "
+                         "give codes for the catalog's items only")
+    out: dict[str, Any] = {}
+    for t in catalog.type_names:
+        rows = catalog.rows_of_type(t)
+        ids = [catalog.ids[int(r)] for r in rows]
+        have = [i for i in ids if i in codes]
+        if not have:
+            continue  # this type gets SIDs from the text embedder
+        if len(have) < len(ids):
+            missing = [i for i in ids if i not in codes]
+            raise BuildError(f"{name}: {len(missing)} item(s) of type {t!r} have no codes, e.g. {missing[:5]}; give "
+                             "codes for every item of a type (a type with no codes at all gets SIDs from --embedder)")
+        lengths = {len(codes[i]) for i in ids}
+        if len(lengths) > 1:
+            odd = next(i for i in ids if len(codes[i]) != len(codes[ids[0]]))
+            raise BuildError(f"{name}: items of type {t!r} have codes of different lengths {sorted(lengths)} (e.g. "
+                             f"{ids[0]!r} has {len(codes[ids[0]])}, {odd!r} has {len(codes[odd])}); every item of a "
+                             "type needs one code per level")
+        out[t] = np.asarray([codes[i] for i in ids], dtype=np.int64)
+    return out
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
@@ -245,6 +338,15 @@ def build_system(catalog: Any, interactions: Any = None, output_dir: str | os.Pa
         raise BuildError(f"--collisions {cfg.collisions!r}: use extra_level or popular")
     if cfg.holdout < 0:
         raise BuildError(f"--holdout {cfg.holdout}: give 0 or more items per user")
+    if kind in ("cf", "hybrid") and interactions is None:
+        raise BuildError(f"--sids {kind} learns from interactions: add --interactions FILE, or use --sids text")
+    if kind == "codes" and not Path(codes_path).exists():
+        raise FileNotFoundError(2, "no such file (--sids codes:PATH)", str(codes_path))
+    if not 0.0 <= cfg.cf_weight <= 1.0:
+        raise BuildError(f"--cf-weight {cfg.cf_weight}: give a share in [0, 1]")
+    if cfg.balance is not None and cfg.balance < 1.0:
+        raise BuildError(f"--balance {cfg.balance}: give a number >= 1 (1.0: equal cluster sizes)")
+    cat_encoding = dict(catalog_options or {}).get("encoding", "utf-8")
 
     import numpy as np
     import torch
@@ -272,6 +374,7 @@ def build_system(catalog: Any, interactions: Any = None, output_dir: str | os.Pa
         + (f"; skipped {cat.load_report.n_skipped} invalid record(s)"
            if cat.load_report is not None and cat.load_report.n_skipped else ""))
     inter = None
+    train_seqs: list[Any] | None = None
     inter_report: dict[str, Any] | None = None
     if interactions is not None:
         if isinstance(interactions, Interactions):
@@ -302,21 +405,56 @@ def build_system(catalog: Any, interactions: Any = None, output_dir: str | os.Pa
                                              if inter_report["unknown_items_skipped"] else ""))
     lap("read", t0)
 
-    # 2. embeddings
+    # 2. embeddings (or the codes the user has)
     t0 = time.perf_counter()
-    from ..items.embeddings import embed_catalog
-    from ..items.sids import build_sids
+    from ..items.collaborative import sid_embeddings
+    from ..items.sids import SemanticIds, build_sids
 
-    say(f"[2/{steps}] item embeddings ({kind}: {cfg.embedder})")
-    emb = embed_catalog(cat, cfg.embedder)
-    say(f"   {emb.shape[0]} x {emb.shape[1]}")
+    warned: list[str] = []
+    emb: Any = None
+    emb_info: dict[str, Any] = {"kind": kind}
+    by_type: dict[str, Any] = {}
+    with _warnings_to(warned, say):
+        if kind == "codes":
+            from ..items.datasets import read_codes
+
+            say(f"[2/{steps}] reading the SID codes in {codes_path}")
+            by_type = _codes_by_type(cat, read_codes(codes_path, encoding=cat_encoding), Path(codes_path).name)
+            rest = [t for t in cat.type_names if t not in by_type]
+            emb_info.update(file=str(codes_path), types_with_codes=list(by_type), types_from_embeddings=rest)
+            say(f"   codes for {', '.join(f'{t} ({by_type[t].shape[0]} x {by_type[t].shape[1]})' for t in by_type)}"
+                + (f"; {rest} from {cfg.embedder} embeddings" if rest else ""))
+            if rest:
+                emb = sid_embeddings(cat, None, kind="text", text=cfg.embedder, seed=cfg.seed)
+        else:
+            say(f"[2/{steps}] item embeddings: {_describe_embeddings(cfg, kind)}")
+            emb, info = _user_step(lambda: sid_embeddings(
+                cat, train_seqs if inter is not None else None, kind=kind, text=cfg.embedder, dim=cfg.cf_dim,
+                method=cfg.cf_method, cf_weight=cfg.cf_weight, seed=cfg.seed, return_info=True), f"--sids {kind}")
+            emb_info.update(info)
+            say(f"   {emb.shape[0]} x {emb.shape[1]}; " + ", ".join(
+                f"{t}: {v['source']}" + (f" ({v['n_cold']} items without interactions placed by text)"
+                                         if v.get("n_cold") and v["source"] in ("cf", "hybrid") else "")
+                for t, v in info["types"].items()))
     lap("embeddings", t0)
 
     # 3. SIDs
     t0 = time.perf_counter()
-    say(f"[3/{steps}] semantic IDs (residual k-means per type, collisions: {cfg.collisions})")
-    sids = build_sids(cat, emb, levels=cfg.levels, codebook_size=cfg.codebook_size, collisions=cfg.collisions,
-                      seed=cfg.seed)
+    balance = f", balanced k-means (balance {cfg.balance})" if cfg.balance else ""
+    say(f"[3/{steps}] semantic IDs ({'your codes' if kind == 'codes' else 'residual k-means per type'}{balance}, "
+        f"collisions: {cfg.collisions})")
+    with _warnings_to(warned, say):
+        if kind == "codes":
+            # --levels/--codebook-size/--balance shape the SIDs of types the codes file does not cover
+            opts = {k: v for k, v in (("levels", cfg.levels), ("codebook_size", cfg.codebook_size),
+                                      ("balance", cfg.balance), ("seed", cfg.seed)) if v is not None}
+            sids = _user_step(lambda: SemanticIds.from_codes(
+                cat, by_type, codebook_size=cfg.codebook_size if emb is None else None, collisions=cfg.collisions,
+                embeddings=emb, build_options=opts if emb is not None else None), f"--sids codes:{codes_path}")
+        else:
+            sids = _user_step(lambda: build_sids(cat, emb, levels=cfg.levels, codebook_size=cfg.codebook_size,
+                                                 collisions=cfg.collisions, seed=cfg.seed, balance=cfg.balance),
+                              "--levels/--codebook-size/--balance")
     sid_summary = _sid_summary(sids)
     for t, s in sid_summary["types"].items():
         say(f"   {t}: {s['levels']} levels {'x'.join(map(str, s['codebook_sizes']))}, collision rate "
@@ -370,7 +508,8 @@ def build_system(catalog: Any, interactions: Any = None, output_dir: str | os.Pa
                     "types": counts, "text_fields": list(cat.text_fields),
                     "invalid_records_skipped": cat.load_report.n_skipped if cat.load_report is not None else 0},
         "interactions": inter_report,
-        "sids": {"method": kind, "embedder": cfg.embedder, **sid_summary},
+        "sids": {"method": kind, "embedder": cfg.embedder, "embeddings": emb_info, **sid_summary},
+        "warnings": warned,
         "vocabulary": vocab_report,
         "model": model_report,
         "indexed_items": int(system.index.num_items),
@@ -395,7 +534,10 @@ def format_build_report(report: Mapping[str, Any]) -> str:
         lines.append(f"  interactions: {it['users']} users, {it['interactions']} events, {it['items_interacted']} items "
                      f"interacted ({it['items_never_interacted']} never); {it['unknown_items_skipped']} rows with "
                      f"unknown items skipped; target type {it['target_type']}")
-    lines.append(f"  SIDs ({s['method']}, {s['embedder']}; collisions: {s['collisions_policy']}):")
+    src = {"text": f"text embeddings ({s['embedder']})", "cf": "collaborative embeddings",
+           "hybrid": f"hybrid text ({s['embedder']}) + collaborative embeddings",
+           "codes": f"codes from {s.get('embeddings', {}).get('file')}"}.get(s["method"], s["method"])
+    lines.append(f"  SIDs from {src}; collisions: {s['collisions_policy']}:")
     for name, ty in s["types"].items():
         use = ", ".join(f"L{lv['level']} {lv['used']}/{lv['codebook_size']}"
                         + (" (disambiguation)" if lv["disambiguation"] else "") for lv in ty["codebook_use"])
@@ -410,6 +552,8 @@ def format_build_report(report: Mapping[str, Any]) -> str:
              else "")
     lines.append(f"  model: {m['architecture']}, {m['parameters'] / 1e6:.2f}M parameters ({m['source']}){extra}")
     lines.append("  time per step (s): " + ", ".join(f"{k} {val:.2f}" for k, val in t.items()))
+    for w in report.get("warnings", []):
+        lines.append(f"  warning: {w.splitlines()[0]}")
     if report.get("output_dir"):
         lines.append(f"  saved to {report['output_dir']}")
     return "\n".join(lines)

@@ -155,7 +155,8 @@ def render(r: dict, work: Path) -> str:
         "# Bring your own data: `neo build` -> `neo train` -> `neo eval` on MovieLens 100K",
         "",
         f"Machine: {mach.get('cpu', '?')}, {mach.get('cpu_count')} cores (shared with other jobs: load average "
-        f"{r['load_avg_before'][0]:.1f} before, {r['load_avg_after'][0]:.1f} after), no GPU, torch {mach.get('torch')}; "
+        f"{r['load_avg_before'][0]:.1f} before, {r['load_avg_after'][0]:.1f} after), no GPU, "
+        f"torch {mach.get('torch')}; "
         f"{mach['date']}, commit {mach['commit']}. Every command ran with one torch thread "
         "(`--threads 1`, `OMP_NUM_THREADS=1`).",
         "",

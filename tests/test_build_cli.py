@@ -220,8 +220,8 @@ def _bad_files(d) -> list[tuple[str, list[str], str]]:
     cases.append(("user id of the wrong type", ["--catalog", cp, "--interactions",
                                                 f("typ.jsonl", '{"user": {"id": 1}, "item": "m1"}\n')],
                   "typ.jsonl:1: user id must be text or an integer, found dict"))
-    cases.append(("JSONL line that is not JSON", ["--catalog", cp, "--interactions",
-                                                  f("bad.jsonl", '{"user": "u", "item": "m1"}\n{"user": "u", "item"\n')],
+    bad_jsonl = '{"user": "u", "item": "m1"}\n{"user": "u", "item"\n'
+    cases.append(("JSONL line that is not JSON", ["--catalog", cp, "--interactions", f("bad.jsonl", bad_jsonl)],
                   "bad.jsonl:2: not valid JSON"))
     struct = d / "schema.parquet"
     pq.write_table(pa.table({"user": ["u"], "item": pa.array([{"id": 1}])}), struct)

@@ -580,7 +580,8 @@ class Catalog:
             header = next(reader)
         except StopIteration:
             raise CatalogError([LoadIssue(f"{name}:1", None, "empty file: no header row")], name,
-                               fix="the first line must be a header row naming the columns (id, type, title, ...)") from None
+                               fix="the first line must be a header row naming the columns (id, type, title, "
+                                   "...)") from None
         header = [h.strip() for h in header]
         if len(set(header)) != len(header):
             dup = sorted({h for h in header if header.count(h) > 1})

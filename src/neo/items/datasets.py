@@ -576,7 +576,8 @@ class _Collector:
                 ts = [_as_time(t)] if self.has_time else []
             ids = [_as_id(x, "item") for x in items]
         except _Bad as e:
-            fix = _TIME_FIX if "timestamp" in str(e) else "fix the value, or point --user-col/--item-col at the right columns"
+            fix = (_TIME_FIX if "timestamp" in str(e)
+                   else "fix the value, or point --user-col/--item-col at the right columns")
             raise DatasetError(f"{where}: {e}; {fix}") from None
         ui = self.user_of.get(u)
         if ui is None:
@@ -927,7 +928,8 @@ def read_interactions(path: str | os.PathLike, *, catalog: Catalog | None = None
     no_time = time_col is not None and str(time_col).strip().lower() in _NO_COLUMN
     has_time = fmt.kind != "sequences" and not no_time  # refined once the columns are known
     src = getattr(catalog, "load_report", None)
-    cat_name = f"({src.source})" if src is not None and getattr(src, "source", None) else f"({len(catalog or [])} items)"
+    cat_name = (f"({src.source})" if src is not None and getattr(src, "source", None)
+                else f"({len(catalog or [])} items)")
     col = _Collector(p.name, catalog, item_id, unknown_items, has_time, cat_name)
     opts = dict(user_col=user_col, item_col=item_col, time_col=time_col)
     if fmt.kind in ("jsonl", "json"):
@@ -1013,7 +1015,8 @@ def read_codes(path: str | os.PathLike, *, catalog: Catalog | None = None, id_co
         except _Bad as e:
             raise DatasetError(f"{where}: {e}; write codes as integers, one per level") from None
         if k in out:
-            raise DatasetError(f"{where}: item {k!r} has codes twice (first at {first_where[k]}); keep one row per item")
+            raise DatasetError(f"{where}: item {k!r} has codes twice (first at {first_where[k]}); keep one row per "
+                               "item")
         out[k] = c
         first_where[k] = where
 

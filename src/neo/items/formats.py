@@ -96,7 +96,8 @@ def _head(path: Path, gz: bool) -> bytes:
             try:
                 return fh.read(_SNIFF_BYTES)
             except (OSError, EOFError) as e:
-                raise DataFileError(f"{path.name}: gzip data is corrupt ({e}); decompress it to check the file") from None
+                raise DataFileError(f"{path.name}: gzip data is corrupt ({e}); decompress it to check the "
+                                    "file") from None
     with open(path, "rb") as fh:
         return fh.read(_SNIFF_BYTES)
 

@@ -35,7 +35,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from ..core.errors import NeoDataError
 
@@ -216,8 +216,8 @@ def _codes_by_type(catalog: Any, codes: Mapping[str, Sequence[int]], name: str) 
 
     unknown = [k for k in codes if k not in catalog]
     if unknown:
-        raise BuildError(f"{name}: item {unknown[0]!r} has codes but is not in the catalog ({len(unknown)} such id(s)); "
-                         "give codes for the catalog's items only")
+        raise BuildError(f"{name}: item {unknown[0]!r} has codes but is not in the catalog ({len(unknown)} such "
+                         "id(s)); give codes for the catalog's items only")
     out: dict[str, Any] = {}
     for t in catalog.type_names:
         rows = catalog.rows_of_type(t)
@@ -531,9 +531,9 @@ def format_build_report(report: Mapping[str, Any]) -> str:
                                       if c.get("invalid_records_skipped") else "")]
     it = report.get("interactions")
     if it:
-        lines.append(f"  interactions: {it['users']} users, {it['interactions']} events, {it['items_interacted']} items "
-                     f"interacted ({it['items_never_interacted']} never); {it['unknown_items_skipped']} rows with "
-                     f"unknown items skipped; target type {it['target_type']}")
+        lines.append(f"  interactions: {it['users']} users, {it['interactions']} events, "
+                     f"{it['items_interacted']} items interacted ({it['items_never_interacted']} never); "
+                     f"{it['unknown_items_skipped']} rows with unknown items skipped; target type {it['target_type']}")
     src = {"text": f"text embeddings ({s['embedder']})", "cf": "collaborative embeddings",
            "hybrid": f"hybrid text ({s['embedder']}) + collaborative embeddings",
            "codes": f"codes from {s.get('embeddings', {}).get('file')}"}.get(s["method"], s["method"])

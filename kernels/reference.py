@@ -243,6 +243,11 @@ def sample_masked_torch(
     (``-inf`` and NaN logits are never drawn).
     """
     R, V, T, K, P, S, G = _sampling_params(logits, bitmask, temperature, top_k, top_p, seeds, greedy)
+    # whether a filter can be active is decided from the arguments on the host, not by reading the
+    # device (rows where it is inactive are unchanged either way)
+    all_greedy = greedy is True or (not isinstance(temperature, torch.Tensor) and temperature <= 0)
+    need_k = not all_greedy and (isinstance(top_k, torch.Tensor) or top_k > 0)
+    need_p = not all_greedy and (isinstance(top_p, torch.Tensor) or top_p < 1.0)
     x = logits.float()
     allowed = x > _NEG_INF  # False for NaN too
     if bitmask is not None:
@@ -254,14 +259,14 @@ def sample_masked_torch(
 
     # top-k: keep s >= k-th largest allowed value
     act_k = (~G) & (K > 0) & (K < n_allowed)
-    if bool(act_k.any()):
+    if need_k:
         srt = torch.sort(s, dim=1, descending=True).values
         kth = srt.gather(1, (K.clamp(1, V) - 1)[:, None])
         s = torch.where(act_k[:, None] & (s < kth), torch.full_like(s, _NEG_INF), s)
 
     # top-p: keep s >= t, t the largest value whose upper mass is >= p * Z
     act_p = (~G) & (P < 1.0) & (n_allowed > 0)
-    if bool(act_p.any()):
+    if need_p:
         m = s.max(1, keepdim=True).values
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         e = torch.exp(s - m)
@@ -549,7 +554,7 @@ def trie_step_torch(
     node = node.to(torch.int64)
     tok = tokens.to(device=node.device, dtype=torch.int64)
     R = node.shape[0]
-    leaf0 = int(t.depth_begin[t.levels])
+    leaf0 = t.num_internal  # first leaf id (depth_begin[levels]), known on the host: no device read
     # ---- advance
     adv = (node >= 0) & (tok >= 0)
     is_leaf = node >= leaf0
@@ -581,10 +586,10 @@ def trie_step_torch(
     le2 = t.leaf_hi[chs2].to(torch.int64)
     off2 = _offered_torch(t, filt, lb2, le2) & m2
     W = t.n_words
-    bits = torch.zeros((R, W * 32), dtype=torch.bool, device=node.device)
-    r_idx, l_idx = torch.nonzero(off2, as_tuple=True)
-    bits[r_idx, codes2[r_idx, l_idx]] = True
-    w = bits.view(R, W, 32).to(torch.int64) << torch.arange(32, device=node.device, dtype=torch.int64)
+    # scatter the offered codes' bits; other lanes go to a spare column (fixed shapes, no nonzero)
+    bits = torch.zeros((R, W * 32 + 1), dtype=torch.bool, device=node.device)
+    bits.scatter_(1, torch.where(off2, codes2, torch.full_like(codes2, W * 32)), torch.ones_like(off2))
+    w = bits[:, :W * 32].reshape(R, W, 32).to(torch.int64) << torch.arange(32, device=node.device, dtype=torch.int64)
     packed = w.sum(-1)
     bitmap = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
     band = torch.where(internal, t.band_start[d2].to(torch.int64), torch.full_like(new, -1))

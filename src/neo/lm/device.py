@@ -638,3 +638,92 @@ class DeviceDecodeState:
             return ("SidLogitsProcessor saw a sequence it did not generate (a row's tokens match no row of the "
                     "previous step); use one processor per generate call or call reset() between calls")
         return f"error {code}"
+
+
+_HASH_BASE = 1_000_003
+
+
+class DeviceSidTracker:
+    """The device branch of :class:`~neo.lm.processor.SidLogitsProcessor`.
+
+    Follows ``model.generate`` like the CPU branch (each call's rows continue rows of the previous
+    call, found by a hash of their generated tokens and verified exactly) but on the device: parents
+    come from an equality matrix of the rows' hashes within their batch item, the state is reordered
+    and advanced with :class:`DeviceDecodeState`, and the mask is applied with
+    ``neo.kernels.apply_token_bitmask_inplace``. No call reads anything back to the host.
+
+    A row whose tokens match no row of the previous call (a sequence this processor did not
+    generate) cannot raise without a host round trip: it enters the error state (only EOS allowed)
+    and :meth:`errors` reports it. A call that does not extend the previous one by exactly one token
+    (a new ``generate`` call) starts over.
+    """
+
+    def __init__(self, processor: Any, kernel_backend: str):
+        self.proc = processor
+        self.kb = kernel_backend
+        self.state: DeviceDecodeState | None = None
+        self.rows = self.plen = self.n = 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        from ..kernels import apply_token_bitmask_inplace
+
+        rows, cur = input_ids.shape
+        if self.state is not None and rows == self.rows and cur == self.plen + self.n + 1:
+            self._follow(input_ids)
+        else:
+            self._start(input_ids)
+        apply_token_bitmask_inplace(scores, self.state.bitmask(), backend=self.kb)
+        return scores
+
+    def _start(self, input_ids: torch.Tensor) -> None:
+        from .processor import _is_rows_scalar, _is_type_list_scalar, _per_item
+
+        p = self.proc
+        rows, plen = input_ids.shape
+        n_items = p._num_items(rows)
+        per = rows // n_items
+        o = p.options
+
+        def per_row(key, is_scalar):
+            vals = _per_item(o[key], n_items, key, is_scalar)
+            return [vals[r // per] for r in range(rows)]
+
+        dev = input_ids.device
+        self.state = DeviceDecodeState(
+            DeviceIndex.get(p.index, dev), rows, p.eos, p.separators,
+            formats=per_row("format", lambda v: isinstance(v, str)),
+            allowed_types=per_row("allowed_types", _is_type_list_scalar),
+            exclude=per_row("exclude", _is_rows_scalar), allow=per_row("allow", _is_rows_scalar),
+            max_items=per_row("max_items", lambda v: v is None or isinstance(v, (int, np.integer))),
+            exclude_emitted=p.exclude_emitted, capacity=2, kernel_backend=self.kb)
+        self.state.prime(input_ids)
+        self.rows, self.plen, self.n = rows, plen, 0
+        self.group = torch.arange(rows, device=dev) // per
+        self.prev = input_ids
+        self.hash = torch.zeros(rows, dtype=torch.int64, device=dev)  # of each row's generated tokens
+        self.powers = torch.ones(1, dtype=torch.int64, device=dev)  # BASE**j, wrapping mod 2**64
+
+    def _follow(self, input_ids: torch.Tensor) -> None:
+        st = self.state
+        assert st is not None
+        n = self.n
+        last = input_ids[:, -1].to(torch.int64)
+        if n:
+            prefix = input_ids[:, self.plen:-1].to(torch.int64)
+            h = ((prefix + 1) * self.powers[:n]).sum(1)
+            eq = (h[:, None] == self.hash[None, :]) & (self.group[:, None] == self.group[None, :])
+            parent = eq.to(torch.int8).argmax(1)  # first match; equal rows have equal states
+            exact = (prefix == self.prev[:, self.plen:].to(torch.int64).index_select(0, parent)).all(1)
+            ok = eq.any(1) & exact
+            st.reorder(torch.where(ok, parent, torch.arange(self.rows, device=parent.device)))
+            st._set_error(~ok, _E_UNKNOWN_SEQ, last)
+            self.hash = h
+        # an item takes at least (min levels + 1) generated tokens: room for every item so far
+        need = (n + 1) // (self.state.dindex.min_levels + 1) + 2
+        if need > st.capacity:
+            st.grow(max(need, 2 * st.capacity))
+        st.advance(last)
+        self.hash = self.hash + (last + 1) * self.powers[n]
+        self.powers = torch.cat([self.powers, self.powers[-1:] * _HASH_BASE])
+        self.prev = input_ids
+        self.n = n + 1

@@ -4,6 +4,7 @@ with exclusions, allow-lists, item limits and formats; and no host round trip in
 
 Kernels run as torch references and (under TRITON_INTERPRET=1, set by conftest) as Triton kernels on
 CPU tensors; the interpreter is slow, so the Triton cases are few and small."""
+import copy
 import os
 
 import numpy as np
@@ -24,6 +25,11 @@ from neo.lm.processor import SidLogitsProcessor
 from neo.lm.prompts import Prompt
 
 _TRITON = os.environ.get("TRITON_INTERPRET", "0") == "1" or torch.cuda.is_available()
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton cases run
+
+
+def _on(model, device):
+    return model if device == "cpu" else copy.deepcopy(model).to(device)
 SIZES = {"movie": [4, 4, 3], "book": [3, 5], "tag": [6], "song": [2, 2]}
 COUNTS = {"movie": 20, "book": 12, "tag": 5, "song": 0}  # song: a type without items
 N_ITEMS = 37
@@ -74,7 +80,7 @@ def _random_options(rng, R):
     )
 
 
-def _walk(world4, seed, kernels, R, steps, exclude_emitted=True):
+def _walk(world4, seed, kernels, R, steps, exclude_emitted=True, device="cpu"):
     """Random walk mostly along the core's masks (some invalid tokens, partial advances, reorders);
     the device state must give the same status, full bitmask, errors and emitted items every step."""
     idx = world4["index"]
@@ -88,7 +94,7 @@ def _walk(world4, seed, kernels, R, steps, exclude_emitted=True):
         core.set_row_options(r, format=o["formats"][r], allowed_types=o["allowed_types"][r],
                              exclude=o["exclude"][r], allow=o["allow"][r], max_items=o["max_items"][r],
                              exclude_emitted=exclude_emitted)
-    dev = DeviceDecodeState(DeviceIndex.get(idx, "cpu"), R, eos, seps, exclude_emitted=exclude_emitted,
+    dev = DeviceDecodeState(DeviceIndex.get(idx, device), R, eos, seps, exclude_emitted=exclude_emitted,
                             capacity=steps // 3 + 1, kernel_backend=kernels, **o)
     buf = allocate_token_bitmask(R, V)
     n_items = 0
@@ -96,7 +102,7 @@ def _walk(world4, seed, kernels, R, steps, exclude_emitted=True):
         core.fill_next_token_bitmask(buf)
         want = np.asarray(buf)
         np.testing.assert_array_equal(dev.status_host(), core.status, err_msg=f"step {step}")
-        np.testing.assert_array_equal(dev.bitmask().numpy(), want, err_msg=f"step {step}")
+        np.testing.assert_array_equal(dev.bitmask().cpu().numpy(), want, err_msg=f"step {step}")
         assert dev.errors() == core.errors(), step
         allowed = unpack_bitmask(torch.as_tensor(want), V).numpy()
         toks = np.zeros(R, np.int64)
@@ -137,7 +143,7 @@ def test_state_matches_core_on_random_walks(world4):
 
 @pytest.mark.skipif(not _TRITON, reason="needs TRITON_INTERPRET=1 or a GPU")
 def test_state_matches_core_triton(world4):
-    _walk(world4, 5, "triton", R=4, steps=6)
+    _walk(world4, 5, "triton", R=4, steps=6, device=DEV)
 
 
 def test_prime_and_span_start_union(world4):
@@ -196,7 +202,8 @@ def test_generate_device_equals_core(world, fmt, sample):
 @pytest.mark.skipif(not _TRITON, reason="needs TRITON_INTERPRET=1 or a GPU")
 @pytest.mark.parametrize("sample", [False, True])
 def test_generate_triton_equals_core(world, sample):
-    tok, m, idx, v = world["tokenizer"], world["model"], world["index"], world["vocab"]
+    tok, idx, v = world["tokenizer"], world["index"], world["vocab"]
+    m = _on(world["model"], DEV)  # the core path copies its masks there; the device path stays there
     kw = dict(format="ids", exclude=[4, 5], do_sample=sample, seed=1, max_new_tokens=7)
     a = generate(m, tok, v, idx, PROMPTS[:2], backend="core", **kw)
     b = generate(m, tok, v, idx, PROMPTS[:2], backend="triton", **kw)
@@ -240,7 +247,8 @@ def test_topk_device_equals_core(world4):
 
 @pytest.mark.skipif(not _TRITON, reason="needs TRITON_INTERPRET=1 or a GPU")
 def test_topk_triton_equals_core(world4):
-    tok, m, idx, v = world4["tokenizer"], world4["model"], world4["index"], world4["vocab"]
+    tok, idx, v = world4["tokenizer"], world4["index"], world4["vocab"]
+    m = _on(world4["model"], DEV)
     kw = dict(k=5, num_beams=3, exclude=[3, 22], allowed_types=["movie", "book", "tag"])
     _same_items(topk_items(m, tok, v, idx, ["space", "hello world"], backend="core", **kw),
                 topk_items(m, tok, v, idx, ["space", "hello world"], backend="triton", **kw))
@@ -263,6 +271,19 @@ def test_processor_device_equals_core(world, mode):
                 outs.append((seqs, p.errors(), [list(p.emitted(r)) for r in range(seqs.shape[0])]))
             assert torch.equal(outs[0][0], outs[1][0])
             assert outs[0][1:] == outs[1][1:]
+
+
+@pytest.mark.skipif(not _TRITON, reason="needs TRITON_INTERPRET=1 or a GPU")
+def test_processor_triton_equals_core(world):
+    tok, idx = world["tokenizer"], world["index"]
+    m = _on(world["model"], DEV)
+    enc = {k: x.to(DEV) for k, x in tok(PROMPTS[:2], return_tensors="pt", padding=True, padding_side="left").items()}
+    outs = []
+    for be in ("core", "triton"):
+        p = SidLogitsProcessor(idx, tok.eos_token_id, format="ids", backend=be, exclude=[4, 5])
+        outs.append(m.generate(**enc, max_new_tokens=6, num_beams=2, do_sample=False,
+                               logits_processor=LogitsProcessorList([p])))
+    assert torch.equal(outs[0], outs[1])
 
 
 def test_processor_device_flags_foreign_sequences(world):

@@ -576,6 +576,17 @@ def _pool_items(pool_s: torch.Tensor, pool_t: torch.Tensor, index: SidIndex, cat
     return results
 
 
+def _logsumexp_rows(x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """``logsumexp(x, -1, keepdim=True)`` in blocks of rows: the same values, but the temporaries stay
+    in cache (2-3x faster on CPU at thousands of rows x a large vocabulary than one big call)."""
+    if x.shape[0] <= chunk or x.is_cuda:
+        return torch.logsumexp(x, -1, keepdim=True)
+    out = torch.empty((x.shape[0], 1), dtype=x.dtype, device=x.device)
+    for i in range(0, x.shape[0], chunk):
+        out[i:i + chunk] = torch.logsumexp(x[i:i + chunk], -1, keepdim=True)
+    return out
+
+
 def _beam_search_core(model: Any, index: SidIndex, ids_list: list[list[int]], opts: list[dict[str, Any]],
                       eos: list[int], pad: int, *, k: int, W: int, num_threads: int, kernels: str
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -619,7 +630,7 @@ def _beam_search_core(model: Any, index: SidIndex, ids_list: list[list[int]], op
         words = masker.bitmask[:, w0:(c1 + 31) // 32]
         allowed = ((words.unsqueeze(-1) >> bits) & 1).bool().reshape(R * W, -1)[:, c0 - 32 * w0:c1 - 32 * w0]
         allowed = allowed.to(device)
-        lse = torch.logsumexp(logits, -1, keepdim=True)
+        lse = _logsumexp_rows(logits)
         lp = logits[:, c0:c1] - lse
         lp = lp.masked_fill(~allowed, neg)
         cand = (scores.reshape(-1, 1) + lp).reshape(R, W * ncol)

@@ -382,7 +382,9 @@ def section_share(args, rows: list[dict], device: str) -> None:
 
 
 def section_sync(args, device: str) -> None:
-    """Run the constrained parts of the device loop with CUDA's sync debug mode set to error."""
+    """The constrained parts of the device loops under ``torch.cuda.set_sync_debug_mode("error")``:
+    every synchronising CUDA call raises. Setup before the first model forward and the model forwards
+    themselves (HF code) are outside the check."""
     from neo.lm import generation
     from neo.lm.device import DeviceDecodeState
     from neo.kernels import sample_masked
@@ -393,39 +395,55 @@ def section_sync(args, device: str) -> None:
     st = DeviceDecodeState(dx, R, [2], separator_token_ids=[5], formats=["mixed"] * R, capacity=8)
     logits = torch.randn(R, lay.vocab_size, device=device)
     logits[:, lay.open_id] += 8  # make spans happen
+    seeds = torch.arange(R, device=device)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step in range(20):
             bm = st.bitmask()
-            t = sample_masked(logits, bm, seeds=torch.arange(R, device=device) + step)
+            t = sample_masked(logits, bm, seeds=seeds + step)
             st.advance(t, t >= 0)
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    print(f"[sync] decode state: 20 steps without a host round trip; statuses {np.bincount(st.status_host())}")
-    _, _, model, _, _ = build(1000, 1000)
-    model.to(device)
-    real_forward = generation._forward
+    print(f"[sync] decode state: 20 steps, no host round trip; statuses {np.bincount(st.status_host())}")
 
-    def forward_unchecked(*a, **kw):
+    real_forward, real_loop = generation._forward, generation._decode_loop_device
+
+    def forward_unchecked(*a, **kw):  # HF's forward is not ours to check; the check resumes after it
         torch.cuda.set_sync_debug_mode(0)
         try:
             return real_forward(*a, **kw)
         finally:
             torch.cuda.set_sync_debug_mode("error")
 
+    def loop_checked(*a, **kw):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return real_loop(*a, **kw)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
     vocab2, index2, model2, _, _ = build(100_000, 1000)
     model2.to(device)
-    generation._forward = forward_unchecked
-    ids = [[1, 5, 6, vocab2.layout.open_id]] * 3
-    opts = [dict(allowed_types=None, exclude=[1, 2], allow=None)] * 3
-    torch.cuda.set_sync_debug_mode("error")
+    tok = _Tok()
     try:
-        generation._beam_search_device(model2, index2, ids, opts, [2], 0, k=10, W=30, num_threads=1, kernels="auto")
+        # beam search: the check starts when the prefill forward returns (setup copies come before it)
+        generation._forward = forward_unchecked
+        prompts = [[1, 5, 6, vocab2.layout.open_id]] * 3
+        generation._beam_search_device(model2, index2, prompts, [dict(allowed_types=None, exclude=[1, 2], allow=None)] * 3,
+                                       [2], 0, k=10, W=30, num_threads=1, kernels="auto")
+        torch.cuda.set_sync_debug_mode(0)
+        print("[sync] beam search: every level without a host round trip")
+        # generate: the decode loop is checked, the setup before it and the report after it are not
+        generation._forward = lambda *a, **kw: (forward_unchecked(*a, **kw) if torch.cuda.get_sync_debug_mode()
+                                                else real_forward(*a, **kw))
+        generation._decode_loop_device = loop_checked
+        outs = generation.generate(model2, tok, vocab2, index2, [[1, 5, 6, 7]] * 4, max_new_tokens=24,
+                                   do_sample=True, eos_token_id=[3], backend="auto")
+        print(f"[sync] generate: {sum(len(o.token_ids) for o in outs)} tokens, no host round trip in the loop")
     finally:
         torch.cuda.set_sync_debug_mode(0)
-        generation._forward = real_forward
-    print("[sync] beam search: every level without a host round trip (model forward excluded)")
+        generation._forward, generation._decode_loop_device = real_forward, real_loop
 
 
 def main() -> None:

@@ -386,3 +386,27 @@ def test_device_loop_never_reads_the_device(world4, monkeypatch):
         pool_s, pool_t = generation._beam_search_device(m, idx, ids_list, opts, [2], 0, k=5, W=4, num_threads=1,
                                                         kernels="torch")
     assert (pool_s > float("-inf")).all()
+    # generate: the whole decode loop (setup before it and the host report after it are not checked)
+    real_loop = generation._decode_loop_device
+
+    def loop_checked(*args, **kwargs):
+        with mode:
+            return real_loop(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "_decode_loop_device", loop_checked)
+    # on CPU tensors the finished flag is read directly; on CUDA it comes from completed async copies
+    # (checked on a GPU by benchmarks/bench_recommend.py --sections sync)
+    real_done = generation._FinishWatch.all_done
+
+    def done_unchecked(self, finished):
+        mode.active = False
+        try:
+            return real_done(self, finished)
+        finally:
+            mode.active = True
+
+    monkeypatch.setattr(generation._FinishWatch, "all_done", done_unchecked)
+    before = mode.calls
+    outs = generate(m, world4["tokenizer"], world4["vocab"], idx, ["recommend", "space"], max_new_tokens=12,
+                    do_sample=True, exclude=[3], backend="torch")
+    assert mode.calls > before + 100 and sum(len(o.token_ids) for o in outs) > 12

@@ -407,8 +407,6 @@ def _generate_device(model: Any, tokenizer: Any, vocab: SidVocab, index: SidInde
                      exclude_emitted: bool, separator_token_ids: Sequence[int], constrained: bool,
                      kernels: str) -> list[GenerationOutput]:
     """:func:`generate` with the decode state on the model's device (see :mod:`neo.lm.device`)."""
-    from ..kernels import sample_masked
-
     device = model.device
     B = len(ids_list)
     ids, mask = _left_pad(ids_list, pad, device)
@@ -423,8 +421,7 @@ def _generate_device(model: Any, tokenizer: Any, vocab: SidVocab, index: SidInde
             allow=[o.get("allow") for o in opts], max_items=[o.get("max_items") for o in opts],
             exclude_emitted=exclude_emitted, capacity=capacity, kernel_backend=kernels)
         state.prime(ids)
-    cache = _new_cache(model)
-    logits = _forward(model, ids, mask, cache)
+    # every host->device copy happens here, before the loop
     out = torch.full((B, max_new_tokens), -1, dtype=torch.int64, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     eos_t = torch.as_tensor(eos, dtype=torch.int64, device=device)
@@ -432,6 +429,35 @@ def _generate_device(model: Any, tokenizer: Any, vocab: SidVocab, index: SidInde
     seed_base = torch.as_tensor([(seed * 1_000_003 + r) * 1_000_033 for r in range(B)], dtype=torch.int64,
                                 device=device)
     watch = _FinishWatch(device)
+    cache = _new_cache(model)
+    logits = _forward(model, ids, mask, cache)
+    _decode_loop_device(model, logits, mask, cache, state, out, finished, eos_t, seed_base, watch, pad=pad,
+                        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
+                        top_p=top_p, kernels=kernels)
+    toks_host = out.to("cpu").numpy()
+    st = state.status_host() if state is not None else None
+    results = []
+    for r in range(B):
+        toks = [int(t) for t in toks_host[r] if t >= 0]
+        segs = parse_output(toks, tokenizer, vocab, index, catalog)
+        status = RowStatus.NAMES[int(st[r])] if st is not None else "unconstrained"
+        err = state.error(r) if st is not None and int(st[r]) == RowStatus.ERROR else ""
+        results.append(GenerationOutput(toks, segs, status, err))
+    return results
+
+
+def _decode_loop_device(model: Any, logits: torch.Tensor, mask: torch.Tensor, cache: Any,
+                        state: DeviceDecodeState | None, out: torch.Tensor, finished: torch.Tensor,
+                        eos_t: torch.Tensor, seed_base: torch.Tensor, watch: _FinishWatch, *, pad: int,
+                        max_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float,
+                        kernels: str) -> None:
+    """The decode loop of :func:`_generate_device`: writes the tokens into ``out (B, max_new_tokens)``.
+    Nothing in it waits for the device (the finished flag is read from completed async copies only)."""
+    from ..kernels import sample_masked
+
+    B = out.shape[0]
+    device = out.device
+    eos0 = eos_t[:1]
     for step in range(max_new_tokens):
         bm = state.bitmask() if state is not None else None
         if do_sample and temperature > 0:
@@ -443,7 +469,7 @@ def _generate_device(model: Any, tokenizer: Any, vocab: SidVocab, index: SidInde
             nxt = sample_masked(logits, bm, greedy=True, backend=kernels)
         tok = torch.where(finished, torch.full_like(nxt, pad), nxt)
         bad = tok < 0  # no allowed token (cannot happen with a valid state): finish the row
-        tok = torch.where(bad, torch.full_like(tok, eos[0]), tok)
+        tok = torch.where(bad, eos0.expand_as(tok), tok)
         live = ~finished
         if state is not None:
             state.advance(tok, live)
@@ -453,16 +479,6 @@ def _generate_device(model: Any, tokenizer: Any, vocab: SidVocab, index: SidInde
             break
         mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], 1)
         logits = _forward(model, tok.unsqueeze(1), mask, cache)
-    toks_host = out.to("cpu").numpy()
-    st = state.status_host() if state is not None else None
-    results = []
-    for r in range(B):
-        toks = [int(t) for t in toks_host[r] if t >= 0]
-        segs = parse_output(toks, tokenizer, vocab, index, catalog)
-        status = RowStatus.NAMES[int(st[r])] if st is not None else "unconstrained"
-        err = state.error(r) if st is not None and int(st[r]) == RowStatus.ERROR else ""
-        results.append(GenerationOutput(toks, segs, status, err))
-    return results
 
 
 # ============================================================================ top-K items

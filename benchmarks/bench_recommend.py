@@ -280,21 +280,37 @@ def section_device(args, rows: list[dict], items: int, device: str) -> None:
     pick_rows = rng.integers(0, len(toks), size=R)
     picks = toks[pick_rows]
     excl = [np.setdiff1d(rng.integers(0, items, 64), [pick_rows[r]]) for r in range(R)]
-    st = DeviceDecodeState(dx, R, [2], formats=["mixed"] * R, exclude=excl, capacity=16, kernel_backend=kb)
-    depth = rng.integers(-1, 5, size=R)  # -1 = stays in text
-    st.advance(torch.full((R,), lay.open_id, device=device), torch.as_tensor(depth >= 0, device=device))
-    for d in range(4):
-        st.advance(torch.as_tensor(picks[:, d], device=device), torch.as_tensor(depth > d, device=device))
-    assert not st.errors()
+    n_steps = 5 * args.repeat * 5 + 40  # every step the state may run (warm-ups, eager, graph replays)
+
+    depth = rng.integers(-1, 5, size=R)  # -1 = stays in text, 0 = right after [SID], ..., 4 = on a leaf
+
+    def new_state():
+        st = DeviceDecodeState(dx, R, [2], formats=["mixed"] * R, exclude=excl,
+                               capacity=n_steps // (dx.min_levels + 1) + 2, kernel_backend=kb)
+        st.advance(torch.full((R,), lay.open_id, device=device), torch.as_tensor(depth >= 0, device=device))
+        for d in range(4):
+            st.advance(torch.as_tensor(picks[:, d], device=device), torch.as_tensor(depth > d, device=device))
+        assert not st.errors()
+        return st
+
+    st = new_state()
     logits = torch.randn(R, V, device=device).to(torch.bfloat16 if device == "cuda" else torch.float32)
-    frozen = {k2: getattr(st, k2).clone() for k2 in ("status", "typ", "depth", "node", "at_leaf", "item")}
+    seeds = torch.arange(R, device=device)
+
+    def gen_core(state):
+        t = sample_masked(logits, state.bitmask(), temperature=0.8, seeds=seeds, backend=kb)
+        state.advance(t, None)
+
+    # the write-back used for CUDA graph capture must step exactly like the plain step
+    a_st, b_st = new_state(), new_state()
+    for _ in range(6):
+        gen_core(a_st)
+        _step_in_place(b_st, gen_core)
+    assert torch.equal(a_st.bitmask(), b_st.bitmask()) and torch.equal(a_st.node, b_st.node)
+    assert torch.equal(a_st.filters[0].excl, b_st.filters[0].excl) and int(a_st.n_emitted.sum()) > 0
 
     def gen_step():
-        bm = st.bitmask()
-        t = sample_masked(logits, bm, temperature=0.8, seeds=torch.arange(R, device=device), backend=kb)
-        st.advance(t, None)
-        for k2, v in frozen.items():  # back to the same states, so every repeat does the same work
-            getattr(st, k2).copy_(v)
+        gen_core(st)
 
     # --- beam-level step: 140 rows = 4 prompts x 35 beams
     nb = 35
@@ -317,16 +333,58 @@ def section_device(args, rows: list[dict], items: int, device: str) -> None:
         _merge_pool(pool_s, pool_t, dv, pool_t[:, :10].clone(), 10)
         return lv
 
+    fns = {"gen": gen_step, "beam": beam_step}
+    if device == "cuda":  # the same steps replayed from CUDA graphs (possible: no host round trip inside)
+        g_gen = _capture(lambda: _step_in_place(st, gen_core))
+        g_beam = _capture(beam_step)
+        fns.update(gen_graph=g_gen.replay, beam_graph=g_beam.replay)
     ld = load()
-    t = interleaved({"gen": gen_step, "beam": beam_step}, args.repeat * 5, warmup=3, sync=sync)
-    g, b = stats(t["gen"]), stats(t["beam"])
-    rows.append(dict(section="device", device=device, items=items, rows=R, copy_to_device_s=copy_s,
-                     trie_mb=sum(x.nbytes() for x in dx.tries if x is not None) / 2**20,
-                     generate_step_us=g["p50_ms"] * 1e3, generate_step_p99_us=g["p99_ms"] * 1e3,
-                     beam_level_us=b["p50_ms"] * 1e3, beam_level_p99_us=b["p99_ms"] * 1e3, budget_us=33.0,
-                     load_before=ld, load_after=load()))
-    print(markdown_table(rows[-1:], ["device", "items", "rows", "generate_step_us", "beam_level_us", "budget_us",
-                                     "trie_mb"]))
+    t = interleaved(fns, args.repeat * 5, warmup=3, sync=sync)
+    us = {k2: stats(v) for k2, v in t.items()}
+    row = dict(section="device", device=device, items=items, rows=R, copy_to_device_s=copy_s,
+               trie_mb=sum(x.nbytes() for x in dx.tries if x is not None) / 2**20,
+               generate_step_us=us["gen"]["p50_ms"] * 1e3, generate_step_p99_us=us["gen"]["p99_ms"] * 1e3,
+               beam_level_us=us["beam"]["p50_ms"] * 1e3, beam_level_p99_us=us["beam"]["p99_ms"] * 1e3,
+               budget_us=33.0, load_before=ld, load_after=load())
+    if device == "cuda":
+        row.update(generate_step_graph_us=us["gen_graph"]["p50_ms"] * 1e3,
+                   beam_level_graph_us=us["beam_graph"]["p50_ms"] * 1e3)
+    rows.append(row)
+    print(markdown_table(rows[-1:], ["device", "items", "rows", "generate_step_us", "generate_step_graph_us",
+                                     "beam_level_us", "beam_level_graph_us", "budget_us", "trie_mb"]))
+
+
+def _step_in_place(state, fn) -> None:
+    """Run ``fn(state)`` and copy every state tensor it replaced back into the original storage, so a
+    captured CUDA graph reads and writes the same buffers on every replay."""
+    before = dict(vars(state))
+    fn(state)
+    for k2, old in before.items():
+        new = getattr(state, k2)
+        if isinstance(old, torch.Tensor):
+            if new is not old:
+                old.copy_(new)
+            setattr(state, k2, old)
+        elif k2 in ("filters", "bands"):
+            for o, n in zip(old, new):
+                for ox, nx in zip(o or (), n or ()):
+                    if isinstance(ox, torch.Tensor) and nx is not ox:
+                        ox.copy_(nx)
+            setattr(state, k2, old)
+
+
+def _capture(fn):
+    """A CUDA graph of ``fn`` (warmed up on a side stream first, as CUDA graph capture requires)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g
 
 
 def section_share(args, rows: list[dict], device: str) -> None:

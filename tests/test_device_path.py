@@ -45,7 +45,7 @@ def world():
     return boost_spans(make_world("llama", seed=2))
 
 
-def test_backend_choice_and_errors(world):
+def test_backend_choice_and_errors(world, monkeypatch):
     assert resolve_backend("auto", "cpu") == (False, "auto")
     assert resolve_backend("auto", "cuda") == (True, "auto")
     assert resolve_backend("core", "cuda") == (False, "auto")
@@ -53,6 +53,10 @@ def test_backend_choice_and_errors(world):
     assert resolve_backend("triton", "cpu") == (True, "triton")
     with pytest.raises(ValueError, match="backend must be one of"):
         resolve_backend("gpu", "cpu")
+    with monkeypatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+            resolve_backend("triton", "cpu")
     tok, m, idx, v = world["tokenizer"], world["model"], world["index"], world["vocab"]
     with pytest.raises(ValueError, match="backend must be one of"):
         generate(m, tok, v, idx, ["hi"], backend="cuda")

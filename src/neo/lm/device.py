@@ -24,6 +24,7 @@ it on any device (torch references of the kernels on CPU tensors, Triton on CUDA
 
 from __future__ import annotations
 
+import os
 import weakref
 from typing import Any, Sequence
 
@@ -63,6 +64,9 @@ def resolve_backend(backend: str, device: torch.device | str) -> tuple[bool, str
         return False, "auto"
     if backend == "device":
         return True, "auto"
+    if backend == "triton" and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError("backend='triton' on CPU tensors runs Triton's interpreter: set TRITON_INTERPRET=1 "
+                         "before triton is imported, or use backend='device' / 'torch' (torch kernels on CPU)")
     if backend in ("triton", "torch"):
         return True, backend
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

@@ -709,7 +709,8 @@ def _beam_search_device(model: Any, index: SidIndex, ids_list: list[list[int]], 
             allowed[r, t] = True
     filters = build_filters(dx, [o.get("exclude") for o in opts], [o.get("allow") for o in opts])
     filt = repeat_filters(filters, W0)
-    ids, mask = _left_pad(ids_list, pad, device)
+    allowed_rows = torch.as_tensor(allowed, device=device).repeat_interleave(W0, 0)  # (rows0, T)
+    ids, mask = _left_pad(ids_list, pad, device)  # host->device copies end here
     cache = _new_cache(model)
     logits = _forward(model, ids, mask, cache)
     logits = logits.repeat_interleave(W0, 0)
@@ -719,7 +720,6 @@ def _beam_search_device(model: Any, index: SidIndex, ids_list: list[list[int]], 
     rows0 = R * W0
     slot = torch.arange(rows0, device=device) % W0
     typ = torch.where(slot < T, slot, torch.full_like(slot, -1))
-    allowed_rows = torch.as_tensor(allowed, device=device).repeat_interleave(W0, 0)  # (rows0, T)
     node = torch.full((rows0,), OUTSIDE, dtype=torch.int64, device=device)
     band = torch.full((rows0,), -1, dtype=torch.int64, device=device)
     bitmap = torch.zeros((rows0, NW), dtype=torch.int32, device=device)

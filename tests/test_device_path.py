@@ -414,3 +414,19 @@ def test_device_loop_never_reads_the_device(world4, monkeypatch):
     outs = generate(m, world4["tokenizer"], world4["vocab"], idx, ["recommend", "space"], max_new_tokens=12,
                     do_sample=True, exclude=[3], backend="torch")
     assert mode.calls > before + 100 and sum(len(o.token_ids) for o in outs) > 12
+
+
+def test_device_index_is_cached_and_released(world4):
+    import gc
+    import weakref
+
+    from neo.core.index import SidIndex
+
+    idx = world4["index"]
+    assert DeviceIndex.get(idx, "cpu") is DeviceIndex.get(idx, "cpu")
+    lay = idx.layout
+    fresh = SidIndex.build(lay, {"tag": world4["sid_tokens"]["tag"]}, {"tag": world4["rows"]["tag"]})
+    d = weakref.ref(DeviceIndex.get(fresh, "cpu"))
+    del fresh
+    gc.collect()
+    assert d() is None  # the device copy goes with its index

@@ -175,3 +175,14 @@ def test_vectorised_beam_search_equals_the_loop(world):
         for a, b in zip(old, new):
             assert [(i.row, i.tokens, i.score, i.type, i.id) for i in a] == [(i.row, i.tokens, i.score, i.type, i.id)
                                                                             for i in b]
+
+
+def test_blocked_logsumexp_is_exact():
+    from neo.lm.generation import _logsumexp_rows
+
+    x = torch.randn(37, 50) * 10
+    x[3, :] = float("-inf")
+    x[5, 7] = float("inf")
+    want = torch.logsumexp(x, -1, keepdim=True)
+    for budget in (1, 50, 120, 1 << 18):
+        assert torch.equal(_logsumexp_rows(x, budget), want)

@@ -97,8 +97,7 @@ class DeviceIndex:
     def __init__(self, index: SidIndex, device: torch.device | str):
         lay = index.layout
         dev = torch.device(device)
-        self.index = index
-        self.layout = lay
+        self.layout = lay  # no reference to ``index``: the cache keys on it weakly
         self.device = dev
         self.num_types = lay.num_types
         self.vocab_size = lay.vocab_size
@@ -282,7 +281,9 @@ class DeviceDecodeState:
     exclude_emitted : bool
         An item is emitted at most once per row (its leaf joins the row's exclusions).
     capacity : int
-        Most items a row can still emit (bounds the exclusion buffers). :meth:`grow` raises it.
+        Most items a row emits in total (sizes the emitted-item and exclusion buffers, which cannot
+        grow inside the loop without a host decision). :meth:`grow` raises it; callers derive it from
+        the number of tokens they will generate (an item takes at least ``min levels + 1`` tokens).
     kernel_backend : ``"auto"``, ``"triton"`` or ``"torch"``.
 
     State tensors (all ``(rows,)`` unless noted): ``status`` (:class:`RowStatus` values), ``fmt``,

@@ -592,14 +592,16 @@ def _pool_items(pool_s: torch.Tensor, pool_t: torch.Tensor, index: SidIndex, cat
     return results
 
 
-def _logsumexp_rows(x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """``logsumexp(x, -1, keepdim=True)`` in blocks of rows: the same values, but the temporaries stay
-    in cache (2-3x faster on CPU at thousands of rows x a large vocabulary than one big call)."""
-    if x.shape[0] <= chunk or x.is_cuda:
+def _logsumexp_rows(x: torch.Tensor, budget: int = 1 << 18) -> torch.Tensor:
+    """``logsumexp(x, -1, keepdim=True)`` over blocks of about ``budget`` elements: the same values
+    (each row is reduced on its own either way), but the temporaries stay in cache, which on CPU is
+    2-10x faster than one call over thousands of rows or a 150k vocabulary (measured for 1 MB blocks)."""
+    rows = max(1, budget // max(x.shape[1], 1))
+    if x.shape[0] <= rows or x.is_cuda:
         return torch.logsumexp(x, -1, keepdim=True)
     out = torch.empty((x.shape[0], 1), dtype=x.dtype, device=x.device)
-    for i in range(0, x.shape[0], chunk):
-        out[i:i + chunk] = torch.logsumexp(x[i:i + chunk], -1, keepdim=True)
+    for i in range(0, x.shape[0], rows):
+        out[i:i + rows] = torch.logsumexp(x[i:i + rows], -1, keepdim=True)
     return out
 
 

@@ -290,6 +290,24 @@ def test_processor_triton_equals_core(world):
     assert torch.equal(outs[0], outs[1])
 
 
+def test_processor_device_assisted_decoding_equals_plain_greedy(world):
+    """Assisted decoding and prompt lookup call the processor on drafts, then on shorter inputs: the
+    device branch rebuilds its state from the prompt, so the output equals plain greedy decoding."""
+    tok, m, idx = world["tokenizer"], world["model"], world["index"]
+    assistant = make_world("llama", seed=5)["model"]
+    opts = dict(format="ids", exclude=[4, 5], max_items=2, separator_token_ids=[5])
+    for prompt in PROMPTS[:2]:
+        enc = tok([prompt], return_tensors="pt")
+        plain = m.generate(**enc, max_new_tokens=16, do_sample=False, logits_processor=LogitsProcessorList(
+            [SidLogitsProcessor(idx, tok.eos_token_id, backend="core", **opts)]))
+        for kw in (dict(prompt_lookup_num_tokens=3), dict(assistant_model=assistant)):
+            p = SidLogitsProcessor(idx, tok.eos_token_id, backend="torch", **opts)
+            out = m.generate(**enc, max_new_tokens=16, do_sample=False, logits_processor=LogitsProcessorList([p]),
+                             **kw)
+            assert out[0].tolist() == plain[0].tolist(), kw
+            assert not p.errors()
+
+
 def test_processor_device_flags_foreign_sequences(world):
     """A row that continues no row of the previous call cannot raise without a host round trip: it
     enters the error state, which errors() reports."""

@@ -655,12 +655,19 @@ class DeviceSidTracker:
     call, found by a hash of their generated tokens and verified exactly) but on the device: parents
     come from an equality matrix of the rows' hashes within their batch item, the state is reordered
     and advanced with :class:`DeviceDecodeState`, and the mask is applied with
-    ``neo.kernels.apply_token_bitmask_inplace``. No call reads anything back to the host.
+    ``neo.kernels.apply_token_bitmask_inplace``. A call one token past the previous one (greedy,
+    sampling, beam search, ``num_return_sequences``) reads nothing back to the host.
 
-    A row whose tokens match no row of the previous call (a sequence this processor did not
-    generate) cannot raise without a host round trip: it enters the error state (only EOS allowed)
-    and :meth:`errors` reports it. A call that does not extend the previous one by exactly one token
-    (a new ``generate`` call) starts over.
+    Any other call is decided on the host (one copy of the ids; only on such calls): the same prompt
+    with the rows rolled back (assisted / speculative decoding rejected drafts) or grown by several
+    tokens rebuilds the state from the prompt and replays the generated tokens, as the CPU branch
+    does; anything else starts a new generation. Rows that continue no earlier row among others that
+    do raise ``RuntimeError``.
+
+    Differences from the CPU branch, both to avoid a host round trip per step: in a one-token step, a
+    row whose tokens match no row of the previous call enters the error state (only EOS allowed;
+    :meth:`errors` reports it) instead of raising; and the check that another logits processor left
+    no allowed token in a row is not run (use ``backend="core"`` to diagnose such conflicts).
     """
 
     def __init__(self, processor: Any, kernel_backend: str):
@@ -675,10 +682,47 @@ class DeviceSidTracker:
         rows, cur = input_ids.shape
         if self.state is not None and rows == self.rows and cur == self.plen + self.n + 1:
             self._follow(input_ids)
-        else:
+        elif not self._replay(input_ids):
             self._start(input_ids)
         apply_token_bitmask_inplace(scores, self.state.bitmask(), backend=self.kb)
         return scores
+
+    def _replay(self, input_ids: torch.Tensor) -> bool:
+        """Rebuild the state for ``input_ids`` that continue this generation other than by one token.
+
+        Returns False when they start a new generation (another prompt or batch size, or a longer
+        input after every row had finished)."""
+        st = self.state
+        rows, cur = input_ids.shape
+        if st is None or rows != self.rows or cur < self.plen:
+            return False
+        plen = self.plen
+        ids = input_ids.to("cpu").numpy()
+        prev = self.prev.to("cpu").numpy()
+        if not np.array_equal(ids[:, :plen], prev[:, :plen]):
+            return False
+        new, seen_ids = ids[:, plen:], prev[:, plen:]
+        n, seen = new.shape[1], seen_ids.shape[1]
+        k = min(n, seen)
+        same = new[:, :k] == seen_ids[:, :k]
+        common = np.where(same.all(1), k, same.argmin(1)) if k else np.zeros(rows, dtype=np.int64)
+        rolled_back = common >= n - 1  # the input minus its newest token is a prefix of what was seen
+        grown = (common == seen) & (n > seen + 1)  # what was seen, then several new tokens
+        if grown.any() and (st.status_host() >= DONE).all():
+            return False  # every row had finished: a longer input is a new prompt
+        fits = rolled_back | grown
+        if not fits.any():
+            return False
+        if not fits.all():
+            raise RuntimeError(
+                "SidLogitsProcessor saw a sequence it did not generate (rows "
+                f"{np.flatnonzero(~fits).tolist()[:8]} match no earlier row); use one processor per generate call "
+                "or call reset() between calls")
+        self._start(input_ids[:, :plen])
+        for j in range(n):
+            self._consume(input_ids[:, plen + j].to(torch.int64))
+        self.prev = input_ids
+        return True
 
     def _start(self, input_ids: torch.Tensor) -> None:
         from .processor import _is_rows_scalar, _is_type_list_scalar, _per_item
@@ -712,7 +756,6 @@ class DeviceSidTracker:
         st = self.state
         assert st is not None
         n = self.n
-        last = input_ids[:, -1].to(torch.int64)
         if n:
             prefix = input_ids[:, self.plen:-1].to(torch.int64)
             h = ((prefix + 1) * self.powers[:n]).sum(1)
@@ -721,14 +764,20 @@ class DeviceSidTracker:
             exact = (prefix == self.prev[:, self.plen:].to(torch.int64).index_select(0, parent)).all(1)
             ok = eq.any(1) & exact
             st.reorder(torch.where(ok, parent, torch.arange(self.rows, device=parent.device)))
-            st._set_error(~ok, _E_UNKNOWN_SEQ, last)
+            st._set_error(~ok, _E_UNKNOWN_SEQ, input_ids[:, -1].to(torch.int64))
             self.hash = h
+        self._consume(input_ids[:, -1].to(torch.int64))
+        self.prev = input_ids
+
+    def _consume(self, last: torch.Tensor) -> None:
+        """Advance every row by its newest token (the rows already match the previous call's)."""
+        st = self.state
+        n = self.n
         # an item takes at least (min levels + 1) generated tokens: room for every item so far
-        need = (n + 1) // (self.state.dindex.min_levels + 1) + 2
+        need = (n + 1) // (st.dindex.min_levels + 1) + 2
         if need > st.capacity:
             st.grow(max(need, 2 * st.capacity))
         st.advance(last)
         self.hash = self.hash + (last + 1) * self.powers[n]
         self.powers = torch.cat([self.powers, self.powers[-1:] * _HASH_BASE])
-        self.prev = input_ids
         self.n = n + 1

@@ -11,7 +11,8 @@
   only the SID block with a full-vocabulary log-softmax; an item's score is the sum of its code
   log-probabilities (``[/SID]`` is forced, so it is not scored). Beams that complete an item leave
   the beam, so K can exceed the beam width; the search stops once no live beam can beat the K-th
-  best item (scores only decrease), which makes it exact whenever the beam holds every prefix.
+  best item (scores only decrease), which makes it exact whenever the beam holds every prefix (the
+  device path runs every level without asking the host; pruned beams simply offer nothing).
 * :func:`parse_output` -- token ids to text segments and resolved catalog items.
 
 Backends (``backend=``): ``"auto"`` keeps the whole constrained state on the device for a CUDA model

@@ -224,11 +224,19 @@ def _eos_ids(tokenizer: Any, model: Any, eos_token_id: Any) -> list[int]:
     return [int(eos_token_id)] if isinstance(eos_token_id, (int, np.integer)) else [int(t) for t in eos_token_id]
 
 
-def _cache_kwarg(model: Any) -> str:
-    # transformers 5.x renamed ``past_key_values`` to ``cache`` in forward (the old name is deprecated)
-    import inspect
+_CACHE_KWARG: dict[type, str] = {}
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+def _cache_kwarg(model: Any) -> str:
+    # transformers 5.x renamed ``past_key_values`` to ``cache`` in forward (the old name is deprecated);
+    # cached per model class: inspect.signature costs milliseconds, as much as a tiny model's step
+    kw = _CACHE_KWARG.get(type(model))
+    if kw is None:
+        import inspect
+
+        kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        _CACHE_KWARG[type(model)] = kw
+    return kw
 
 
 def _forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
@@ -622,8 +630,7 @@ def _beam_search_core(model: Any, index: SidIndex, ids_list: list[list[int]], op
     masker.reorder(np.repeat(np.arange(R), W))  # W beams per prompt share the prompt's row (and filter)
     ids, mask = _left_pad(ids_list, pad, device)
     cache = _new_cache(model)
-    logits = _forward(model, ids, mask, cache)  # (R, V): computed once per prompt
-    logits = logits.repeat_interleave(W, 0)
+    logits = _forward(model, ids, mask, cache)  # (R, V): computed once per prompt, its W beams are copies
     mask = mask.repeat_interleave(W, 0)
     cache.batch_repeat_interleave(W)
     # SID block columns and which of them end a SID
@@ -650,7 +657,10 @@ def _beam_search_core(model: Any, index: SidIndex, ids_list: list[list[int]], op
         allowed = ((words.unsqueeze(-1) >> bits) & 1).bool().reshape(R * W, -1)[:, c0 - 32 * w0:c1 - 32 * w0]
         allowed = allowed.to(device)
         lse = _logsumexp_rows(logits)
-        lp = logits[:, c0:c1] - lse
+        block = logits[:, c0:c1]
+        if level == 0:  # one row per prompt so far: normalise once, then copy to the W beams
+            lse, block = lse.repeat_interleave(W, 0), block.repeat_interleave(W, 0)
+        lp = block - lse
         lp = lp.masked_fill(~allowed, neg)
         cand = (scores.reshape(-1, 1) + lp).reshape(R, W * ncol)
         done_c = cand.masked_fill(~last_mask, neg)

@@ -150,7 +150,7 @@ def test_random_expectation_matches_hand_count_and_simulation():
 
 
 def test_run_eval_on_a_p5_sequence_file(tmp_path):
-    from neo.cli.demo import run_eval
+    from neo.cli.eval import run_eval
 
     rng = np.random.default_rng(0)
     lines = []

@@ -1,5 +1,17 @@
-"""``neo bench``: constrained-decoding throughput of neo against the decoders people would use otherwise
-(see :mod:`neo.bench.providers` for what each provider measures)."""
+"""``neo bench``: constrained-decoding throughput of neo against the decoders people would use otherwise.
+
+One run, one synthetic catalog per size (one item type, 4 levels x 256 codes, vocabulary 151,936, SIDs given
+unsorted), rows at random depths inside a span. Providers: neo-cpu (the C++ core), neo-cuda (the device trie,
+CUDA only), python-trie-hf (a dict trie behind transformers' PrefixConstrainedLogitsProcessor),
+torch-searchsorted, and xgrammar / llguidance when installed (pip install "neo-sid[peers]"). Every provider is
+checked against an oracle on the rows it is then timed on; a provider that disagrees is reported, not timed,
+and the command exits 1. Details of each provider: neo.bench.providers.
+
+Examples:
+    neo bench                                   # 1k .. 1M items, 256 rows, peers up to 120 s compile
+    neo bench --sizes 1000000 10000000 --json bench.json --plot bench.png
+    neo bench --quick --json /tmp/b.json
+"""
 
 from __future__ import annotations
 
@@ -9,22 +21,20 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..bench.harness import run_bench
-from ..bench.report import format_table, write_plot
+__all__ = ["add_parser", "run", "main", "QUICK"]
 
+HELP = "constrained-decoding throughput of neo vs peers (tables, JSON, plot)"
 
-
-# ---------------------------------------------------------------------------------------------- CLI
 QUICK = dict(sizes=[1000, 5000], rows=[32], repeat=5, min_time_s=0.02, max_time_s=1.0, e2e_items=1000,
              e2e_batch=2, e2e_tokens=12, e2e_repeats=1, peer_timeout=60.0)
 
 
-def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``neo bench`` on an ``argparse`` subparsers object (``set_defaults(func=...)``)."""
-    p = subparsers.add_parser("bench", help="constrained-decoding throughput of neo vs peers (tables, JSON, plot)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+    """Register ``neo bench`` on an ``argparse`` sub-parser collection."""
+    p = subparsers.add_parser("bench", help=HELP, parents=list(parents), description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
-    p.set_defaults(func=_run_from_args)
+    p.set_defaults(run=run)
     return p
 
 
@@ -43,13 +53,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=50, help="minimum timed steps per measurement")
     p.add_argument("--min-time", type=float, default=0.5, help="minimum seconds per measurement")
     p.add_argument("--max-time", type=float, default=10.0, help="stop a slow measurement after this (>= 5 steps)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the catalogs and rows (default 0)")
     p.add_argument("--no-e2e", action="store_true", help="skip the model.generate comparison")
     p.add_argument("--e2e-items", type=int, default=None, help="catalog for the generate comparison "
                                                              "(default: largest size up to 1M)")
-    p.add_argument("--e2e-batch", type=int, default=8)
-    p.add_argument("--e2e-tokens", type=int, default=48)
-    p.add_argument("--e2e-repeats", type=int, default=3)
+    p.add_argument("--e2e-batch", type=int, default=8, help="prompts per generate call in the e2e comparison")
+    p.add_argument("--e2e-tokens", type=int, default=48, help="new tokens per prompt in the e2e comparison")
+    p.add_argument("--e2e-repeats", type=int, default=3, help="timed repeats of each e2e mode (median reported)")
     p.add_argument("--device-trie-cpu", action="store_true",
                    help="also run neo's device trie on CPU via its torch reference (wiring check, not a speed claim)")
     p.add_argument("--quick", action="store_true", help="small catalogs, few steps (< 60 s; what CI runs)")
@@ -58,7 +68,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", default=None, metavar="PATH", help="write the tables as markdown")
 
 
-def _run_from_args(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """``neo bench`` with the parsed options; 1 if any provider disagreed with the oracle."""
+    from ..bench.harness import run_bench
+    from ..bench.report import format_table, write_plot
+
     kw: dict[str, Any] = dict(sizes=args.sizes, rows=args.rows, providers=args.providers,
                               peer_timeout=args.peer_timeout, python_max_items=args.python_max_items,
                               repeat=args.repeat, min_time_s=args.min_time, max_time_s=args.max_time,
@@ -99,12 +113,8 @@ def _run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m neo.bench [options]`` (same options as ``neo bench``)."""
+    """``neo bench [options]`` called from Python (same options as the command)."""
     p = argparse.ArgumentParser(prog="neo bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
-    return _run_from_args(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run(p.parse_args(argv))

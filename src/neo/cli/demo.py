@@ -1,4 +1,4 @@
-"""``neo demo`` (the whole system on the bundled MovieLens) and ``neo eval`` (any dataset).
+"""``neo demo``: the whole system end to end on the bundled MovieLens.
 
 ``neo demo`` runs, CPU-only and with no downloads: bundled data -> offline TF-IDF/SVD embeddings ->
 semantic IDs (quality report) -> a locally trained tokenizer and a small model (stage 0; or
@@ -6,11 +6,7 @@ semantic IDs (quality report) -> a locally trained tokenizer and a small model (
 against popularity, SASRec and BM25 in the same run -> example outputs per task and format -> a
 summary table, a saved system directory, a PNG plot and (``--json``) machine-readable metrics.
 
-``neo eval`` evaluates baselines (and a saved neo system with ``--system``) on any dataset with the
-leave-one-out or temporal protocol.
-
-Both are wired into the ``neo`` command by :func:`add_parser` (or :func:`add_demo_parser` and
-:func:`add_eval_parser` separately).
+The pipeline is :func:`run_demo` (callable from Python); :func:`add_parser` wires it into ``neo demo``.
 """
 
 from __future__ import annotations
@@ -18,16 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-__all__ = ["DemoConfig", "QUICK", "FULL", "run_demo", "run_eval", "add_parser", "add_demo_parser",
-           "add_eval_parser", "format_table"]
+__all__ = ["DemoConfig", "QUICK", "FULL", "run_demo", "add_parser", "format_table"]
 
 
 @dataclass
@@ -159,6 +154,8 @@ def _examples(system: Any, cases: Any, queries: list[Any]) -> tuple[list[dict[st
 
 def _popular_lists(counts: np.ndarray, candidates: np.ndarray) -> Any:
     """A search function that ignores the query and returns the most popular candidates."""
+    import numpy as np
+
     order = np.asarray(candidates, dtype=np.int64)[np.argsort(-counts[candidates], kind="stable")]
 
     def fn(queries: list[str], k: int) -> list[list[int]]:
@@ -169,6 +166,8 @@ def _popular_lists(counts: np.ndarray, candidates: np.ndarray) -> Any:
 
 def _plot(path: Path, losses: dict[str, list[dict[str, float]]], table: dict[str, dict[str, float]],
           search: dict[str, dict[str, float]]) -> Path | None:
+    import numpy as np
+
     try:
         import matplotlib
 
@@ -221,6 +220,8 @@ def run_demo(config: DemoConfig = FULL, *, out_dir: str | os.PathLike = "neo-dem
     json_path : path, optional
         Also write the metrics JSON here.
     """
+    import numpy as np
+
     import torch
 
     from ..evaluation.baselines import BM25Search, Popularity, SASRec
@@ -407,121 +408,32 @@ def run_demo(config: DemoConfig = FULL, *, out_dir: str | os.PathLike = "neo-dem
     return result
 
 
-# ============================================================================ eval
-
-
-def run_eval(data: str | None = None, *, item_text: str | None = None, catalog: str | None = None,
-             protocol: str = "loo", system_dir: str | None = None, baselines: Sequence[str] = ("popularity", "sasrec"),
-             sasrec_epochs: int = 60, sasrec_kwargs: dict[str, Any] | None = None, max_cases: int | None = None,
-             num_beams: int = 30, max_history: int | None = None, seed: int = 0, json_path: str | None = None, progress: bool = True,
-             quiet: bool = False) -> dict[str, Any]:
-    """Evaluate baselines (and a saved neo system) on a dataset.
-
-    Parameters
-    ----------
-    data : str, optional
-        Dataset spec for :func:`neo.items.datasets.load_dataset` (default: bundled MovieLens).
-    protocol : {"loo", "temporal"}
-    system_dir : str, optional
-        A saved :class:`~neo.NeoSystem`; the interactions are re-indexed to its catalog
-        (interactions with items outside it are dropped) and it is evaluated on the same cases.
-    baselines : names among ``popularity``, ``sasrec``, ``random``.
-    max_cases : int, optional
-        Evaluate on a random subset of the test cases (same subset for every model).
-    num_beams, max_history : int
-        neo's beam width and prompt history window (the protocol's cap of 20 applies first).
-    """
-    import torch
-
-    from ..evaluation.baselines import BM25Search, Popularity, SASRec
-    from ..items.datasets import Dataset, SearchQuery, load_dataset
-    from ..evaluation import (KS, evaluate_scorer, evaluate_search, evaluate_topk, leave_one_out, neo_search_fn,
-                             neo_topk_fn, random_expectation, temporal_split)
-
-    unknown = [b for b in baselines if b not in ("popularity", "sasrec", "random")]
-    if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; use popularity, sasrec, random")
-    if protocol not in ("loo", "temporal"):
-        raise ValueError(f"unknown protocol {protocol!r}; use 'loo' or 'temporal'")
-    t_start = time.perf_counter()
-    ds = load_dataset(data, item_text=item_text, catalog=catalog)
-    system = None
-    if system_dir:
-        from ..lm.system import NeoSystem
-
-        system = NeoSystem.load(system_dir)
-        if system.catalog is None:
-            raise ValueError(f"{system_dir} holds no catalog; neo eval needs one to map items")
-        inter = ds.interactions.reindex(system.catalog.ids, drop_unknown=True, min_length=3)
-        new_row = {s: i for i, s in enumerate(system.catalog.ids)}
-        queries = []
-        for q in ds.queries:
-            ids = [ds.catalog.ids[r] for r in q.relevant] if ds.catalog is not None else []
-            rel = np.asarray([new_row[i] for i in ids if i in new_row], dtype=np.int64)
-            if rel.size:
-                queries.append(SearchQuery(q.query, rel, q.target_type, q.split))
-        ds = Dataset(ds.name, inter, system.catalog, ds.target_type, queries, ds.info)
-    split = leave_one_out(ds.interactions) if protocol == "loo" else temporal_split(ds.interactions)
-    test = split.test
-    if max_cases is not None and len(test) > max_cases:
-        test = test.subset(np.sort(np.random.default_rng(seed).choice(len(test), size=max_cases, replace=False)))
-    cand = ds.candidate_rows()
-    _say(f"{ds.name}: {ds.interactions.n_users} users, {ds.interactions.n_items} items "
-         f"({len(cand)} candidates), {ds.interactions.n_interactions} interactions; protocol {split.name}; "
-         f"{len(test)} test cases", quiet)
-    table: dict[str, dict[str, float]] = {}
-    timings: dict[str, float] = {}
-    torch.manual_seed(seed)
-    for b in baselines:
-        t0 = time.perf_counter()
-        if b == "random":
-            table["random (expected)"] = random_expectation(test, split.n_items, candidates=cand)
-        elif b == "popularity":
-            table["popularity"] = evaluate_scorer(Popularity().fit(split.train, split.n_items).score, test,
-                                                  candidates=cand)
-        else:
-            kw = dict(sasrec_kwargs or {})
-            m = SASRec(split.n_items, seed=seed, **kw).fit(split.train, epochs=sasrec_epochs,
-                                                           valid=split.valid if len(split.valid) else None,
-                                                           progress=progress)
-            table["SASRec (full CE)"] = evaluate_scorer(m.score, test, candidates=cand)
-            table["SASRec (full CE)"]["epochs_run"] = len(m.history)
-        timings[b] = round(time.perf_counter() - t0, 2)
-        _say(f"  {b}: {timings[b]:.1f} s", quiet)
-    search: dict[str, dict[str, float]] = {}
-    held = [q for q in ds.queries if q.split == "test"]
-    if held and ds.catalog is not None:
-        texts = [ds.catalog.item_text(r) for r in range(len(ds.catalog))]
-        bm25 = BM25Search(texts, candidates=cand)
-        search["BM25"] = evaluate_search(lambda qs, k: bm25.search(qs, k), held)
-        counts = Popularity().fit(split.train, split.n_items).counts
-        search["popularity (query-blind)"] = evaluate_search(_popular_lists(counts, cand), held)
-    if system is not None:
-        t0 = time.perf_counter()
-        table["neo"] = evaluate_topk(neo_topk_fn(system, target_type=ds.target_type, num_beams=num_beams,
-                                                 max_history=max_history), test,
-                                     batch_size=8, progress=progress, desc="neo top-K")
-        if held:
-            search["neo"] = evaluate_search(neo_search_fn(system, target_type=ds.target_type, num_beams=num_beams),
-                                            held, batch_size=8)
-        timings["neo"] = round(time.perf_counter() - t0, 2)
-    cols = [f"{m}@{k}" for k in KS for m in ("hr", "ndcg")]
-    _say(format_table(table, cols), quiet)
-    if search:
-        _say("search (held-out queries):\n" + format_table(search, ["recall@10", "hr@10", "ndcg@10", "ndcg@30"]),
-             quiet)
-    result = {"dataset": ds.summary(), "protocol": split.name, "test_cases": len(test),
-              "candidates": int(len(cand)), "recommendation": table, "search": search, "timings_s": timings,
-              "total_s": round(time.perf_counter() - t_start, 2)}
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=1, default=float))
-    return result
-
-
 # ============================================================================ CLI hooks
 
+HELP = "end-to-end demo on the bundled MovieLens (CPU, no downloads)"
 
-def _demo_cmd(args: argparse.Namespace) -> int:
+
+def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+    """Register ``neo demo`` on an ``argparse`` sub-parser collection."""
+    p = subparsers.add_parser("demo", help=HELP, parents=list(parents),
+                              description="Bundled MovieLens -> embeddings -> SIDs -> small model -> align -> "
+                                          "instruct -> evaluation vs popularity/SASRec/BM25 -> examples.")
+    p.add_argument("--quick", action="store_true", help="small configuration (<= 2 minutes on 2 CPU cores)")
+    p.add_argument("--out", default="neo-demo", help="output directory (system/, demo.png, metrics.json)")
+    p.add_argument("--model", help="local pre-trained HF causal LM directory to use instead of stage 0")
+    p.add_argument("--data", help="a MovieLens directory instead of the bundled ml-latest-small")
+    p.add_argument("--json", help="also write the metrics JSON to this path")
+    p.add_argument("--seed", type=int, default=0, help="random seed of every stage (default 0)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the demo's small models run fastest on one thread, and "
+                        "more threads slow down sharply on a busy machine; 0: torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """``neo demo``: run :func:`run_demo` with the parsed options; 1 if a generated item was invalid."""
     import torch
 
     if args.threads:
@@ -530,79 +442,3 @@ def _demo_cmd(args: argparse.Namespace) -> int:
     res = run_demo(cfg, out_dir=args.out, model_path=args.model, data=args.data, json_path=args.json,
                    progress=not args.no_progress)
     return 0 if res["generated_items_all_valid"] else 1
-
-
-def _eval_cmd(args: argparse.Namespace) -> int:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    run_eval(args.data, item_text=args.item_text, catalog=args.catalog, protocol=args.protocol,
-             system_dir=args.system, baselines=[b for b in args.baselines.split(",") if b],
-             sasrec_epochs=args.sasrec_epochs, max_cases=args.max_cases, num_beams=args.num_beams,
-             max_history=args.max_history or None, seed=args.seed,
-             json_path=args.json, progress=not args.no_progress)
-    return 0
-
-
-def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``neo demo`` on an ``argparse`` sub-parser collection."""
-    p = subparsers.add_parser("demo", help="end-to-end demo on the bundled MovieLens (CPU, no downloads)",
-                              description="Bundled MovieLens -> embeddings -> SIDs -> small model -> align -> "
-                                          "instruct -> evaluation vs popularity/SASRec/BM25 -> examples.")
-    p.add_argument("--quick", action="store_true", help="small configuration (<= 2 minutes on 2 CPU cores)")
-    p.add_argument("--out", default="neo-demo", help="output directory (system/, demo.png, metrics.json)")
-    p.add_argument("--model", help="local pre-trained HF causal LM directory to use instead of stage 0")
-    p.add_argument("--data", help="a MovieLens directory instead of the bundled ml-latest-small")
-    p.add_argument("--json", help="also write the metrics JSON to this path")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the demo's small models run fastest on one thread, and "
-                        "more threads slow down sharply on a busy machine; 0: torch's default)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=_demo_cmd)
-    return p
-
-
-def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``neo eval`` on an ``argparse`` sub-parser collection."""
-    p = subparsers.add_parser("eval", help="evaluate baselines and a saved neo system on a dataset",
-                              description="Leave-one-out (last item test, second-to-last validation, history <= 20, "
-                                          "full ranking) or temporal evaluation; HR/Recall/NDCG@{5,10,30}.")
-    p.add_argument("--data", help="'movielens' (bundled, default), a MovieLens directory, an interactions CSV "
-                                  "(user,item,timestamp) or a P5/S3-Rec sequence file")
-    p.add_argument("--item-text", help="item text for a sequence file (.jsonl catalog, .json map or id<TAB>text)")
-    p.add_argument("--catalog", help="catalog file for an interactions CSV")
-    p.add_argument("--protocol", choices=["loo", "temporal"], default="loo")
-    p.add_argument("--system", help="a saved neo system directory to evaluate alongside the baselines")
-    p.add_argument("--baselines", default="popularity,sasrec", help="comma list of popularity,sasrec,random")
-    p.add_argument("--sasrec-epochs", type=int, default=60)
-    p.add_argument("--max-cases", type=int, help="evaluate a random subset of test cases")
-    p.add_argument("--num-beams", type=int, default=30)
-    p.add_argument("--max-history", type=int, default=0,
-                   help="items of history in neo's prompt (0: all, up to the protocol's 20; the demo trains with 10)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write the metrics JSON here")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=_eval_cmd)
-    return p
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register both ``neo demo`` and ``neo eval``."""
-    add_demo_parser(subparsers)
-    add_eval_parser(subparsers)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m neo.demo {demo,eval} ...`` (the same commands as ``neo demo`` / ``neo eval``)."""
-    ap = argparse.ArgumentParser(prog="python -m neo.demo")
-    sub = ap.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = ap.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,100 +1,89 @@
-"""The ``neo`` command line.
+"""The ``neo`` command: parses its arguments before importing anything heavy.
 
-``neo quickstart`` runs a small end-to-end example of the constrained-decoding core: a synthetic
-catalog of two item types, the index built and saved, and a batch of rows decoded with random
-"model" logits under the constraints, every emitted span resolved back to a catalog item.
+Each command lives in its own module of :mod:`neo.cli` with ``HELP``, ``add_parser(subparsers, parents)``
+and ``run(args) -> int``; those modules import only the standard library at module level, so
+``neo --help`` and ``neo <command> --help`` never load torch or transformers. Errors about the user's input
+(:class:`~neo.core.errors.NeoDataError` and its subclasses, unreadable files, corrupt index files) print one
+line and exit with status 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import importlib
 import sys
-import tempfile
-import time
+from typing import Sequence
 
-import numpy as np
+__all__ = ["main", "COMMANDS", "build_parser"]
 
+#: command name -> module of neo.cli (in the order ``neo --help`` lists them)
+COMMANDS = {
+    "demo": "demo",
+    "train": "train",
+    "eval": "eval",
+    "bench": "bench",
+    "quickstart": "quickstart",
+}
 
-def _quickstart(args: argparse.Namespace) -> int:
-    import torch
-
-    import neo
-
-    rng = np.random.default_rng(args.seed)
-    text_vocab = 32_000
-    layout = neo.TokenLayout.contiguous(text_vocab, {"movie": [256, 256, 256], "tag": [64, 64]})
-    n_movie, n_tag = args.items, max(1, args.items // 20)
-    movie = np.unique(rng.integers(0, 256, size=(n_movie, 3)), axis=0)
-    tag = np.unique(rng.integers(0, 64, size=(n_tag, 2)), axis=0)
-    t0 = time.perf_counter()
-    index = neo.SidIndex.build(layout, {"movie": layout.codes_to_tokens("movie", movie),
-                                        "tag": layout.codes_to_tokens("tag", tag)})
-    build_s = time.perf_counter() - t0
-    print(f"built {index!r} in {build_s * 1e3:.1f} ms")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "catalog.neoidx")
-        index.save(path)
-        index = neo.SidIndex.load(path, layout)
-        print(f"saved and reloaded: {os.path.getsize(path) / index.num_items:.1f} bytes per item on disk")
-
-    eos, comma = 2, 11
-    rows = args.rows
-    state = neo.DecodeState(index, rows, eos_token_ids=[eos], separator_token_ids=[comma])
-    formats = ["ids", "mixed", "text"]
-    for r in range(rows):
-        state.set_row_options(r, format=formats[r % 3], allowed_types=["movie"] if r % 2 else ["movie", "tag"],
-                              max_items=3)
-    bitmask = neo.allocate_token_bitmask(rows, layout.vocab_size)
-    gen = torch.Generator().manual_seed(args.seed)
-    out = [[] for _ in range(rows)]
-    fill_s = 0.0
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        state.fill_next_token_bitmask(bitmask, incremental=True)
-        fill_s += time.perf_counter() - t0
-        logits = torch.randn(rows, layout.vocab_size, generator=gen)
-        logits[:, layout.open_id] += 8.0  # a "model" keen to name items
-        logits[:, eos] += 2.0
-        neo.apply_token_bitmask_inplace(logits, bitmask)
-        tokens = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(1).numpy()
-        for r, item in enumerate(state.advance(tokens)):
-            if item >= 0:
-                out[r].append(int(item))
-        if (state.status >= neo.RowStatus.DONE).all():
-            break
-    errors = state.errors()
-    for r in range(min(rows, 6)):
-        types, _ = index.item_tokens(np.asarray(out[r], dtype=np.int64)) if out[r] else (np.zeros(0, int), None)
-        names = [layout.type_names[t] for t in types]
-        print(f"row {r} ({formats[r % 3]}): items {out[r]} of types {names}; status "
-              f"{neo.RowStatus.NAMES[state.status[r]]}")
-    print(f"mask fill: {fill_s / args.steps / rows * 1e6:.2f} us per row per step; rows in error: {len(errors)}")
-    return 1 if errors else 0
+EXIT_DATA_ERROR = 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="neo", description="catalog-grounded generation with semantic IDs")
-    sub = parser.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("quickstart", help="small end-to-end example of the constrained-decoding core")
-    q.add_argument("--items", type=int, default=100_000)
-    q.add_argument("--rows", type=int, default=12)
-    q.add_argument("--steps", type=int, default=64)
-    q.add_argument("--seed", type=int, default=0)
-    q.set_defaults(func=_quickstart)
-    from ..bench.bench import add_bench_parser
-    from .demo import add_parser as add_demo_eval_parsers
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``neo`` parser (every command registered, nothing heavy imported)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors instead of one line")
+    parser = argparse.ArgumentParser(
+        prog="neo", parents=[common],
+        description="catalog-grounded generation with semantic IDs: train a model over your catalog, decode "
+                    "under catalog constraints, evaluate and benchmark it",
+        epilog="`neo <command> --help` for a command's options.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+    parser.commands = {}  # type: ignore[attr-defined]
+    for name, module in COMMANDS.items():
+        parser.commands[name] = importlib.import_module(f".{module}", __package__).add_parser(sub, parents=[common])
+    return parser
 
-    add_demo_eval_parsers(sub)  # `neo demo` and `neo eval`
-    add_bench_parser(sub)
-    sub.add_parser("train", help="staged training (align / instruct); see `neo train --help`", add_help=False)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:  # neo.train owns its own argument parser (also used under torchrun)
-        from ..training.train import main as train_main
 
-        return train_main(argv[1:])
-    args = parser.parse_args(argv)
-    return args.func(args)
+def _is_data_error(exc: BaseException) -> bool:
+    from ..core.errors import NeoDataError
+
+    if isinstance(exc, (NeoDataError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return True
+    core = sys.modules.get("neo._core")  # only if it was loaded: a corrupt index file is the user's input
+    return core is not None and isinstance(exc, getattr(core, "IndexFormatError", ()))
+
+
+def _one_line(exc: BaseException) -> str:
+    from ..core.errors import NeoDataError
+
+    if isinstance(exc, NeoDataError):
+        return exc.one_line()
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    return lines[0] + (f" (+{len(lines) - 1} more line(s); rerun with --debug)" if len(lines) > 1 else "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``neo`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    if unknown:  # report it with the command's own usage, not the top-level one
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    debug = getattr(args, "debug", False)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"neo {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - only the user's input errors are shortened
+        if debug or not _is_data_error(exc):
+            raise
+        print(f"neo {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_DATA_ERROR
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ ours. The apply itself lives in ``neo.kernels`` (Triton on CUDA, the torch refer
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: neo.core loads without it
+    import torch
 
 __all__ = ["get_bitmask_shape", "allocate_token_bitmask", "apply_token_bitmask_inplace", "bitmask_to_bool"]
 
@@ -24,6 +25,8 @@ def get_bitmask_shape(batch_size: int, vocab_size: int) -> tuple[int, int]:
 def allocate_token_bitmask(batch_size: int, vocab_size: int, *, device: str | torch.device = "cpu",
                            pin_memory: bool = False) -> torch.Tensor:
     """An int32 bitmask of shape :func:`get_bitmask_shape`, all tokens allowed (every word -1)."""
+    import torch
+
     shape = get_bitmask_shape(batch_size, vocab_size)
     return torch.full(shape, -1, dtype=torch.int32, device=device, pin_memory=pin_memory)
 
@@ -52,6 +55,8 @@ def apply_token_bitmask_inplace(logits: torch.Tensor, bitmask: torch.Tensor, ind
 
 def bitmask_to_bool(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Unpack to a bool tensor ``(rows, vocab_size)`` (True = allowed); for tests and debugging."""
+    import torch
+
     if bitmask.dtype != torch.int32:
         raise TypeError(f"bitmask must be int32, got {bitmask.dtype}")
     bits = torch.arange(32, device=bitmask.device, dtype=torch.int32)

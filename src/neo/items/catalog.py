@@ -28,6 +28,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..core.errors import NeoDataError
+
 __all__ = ["Catalog", "CatalogError", "Item", "LoadIssue", "LoadReport"]
 
 CATALOG_FORMAT_VERSION = 1
@@ -81,7 +83,7 @@ class LoadReport:
         return "\n".join(lines)
 
 
-class CatalogError(ValueError):
+class CatalogError(NeoDataError):
     """Invalid catalog input. ``issues`` lists every problem found (location, field, message)."""
 
     def __init__(self, issues: Sequence[LoadIssue], source: str = "catalog"):

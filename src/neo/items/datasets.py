@@ -32,6 +32,8 @@ import numpy as np
 
 from .catalog import Catalog
 
+from ..core.errors import NeoDataError
+
 __all__ = [
     "Interactions",
     "SearchQuery",
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 
-class DatasetError(ValueError):
+class DatasetError(NeoDataError):
     """Invalid dataset input; the message names the file, line and what is wrong."""
 
 

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..core.index import SidIndex
+from ..core.errors import NeoDataError
 from .vocab import SidVocab
 
 __all__ = ["Prompt", "PromptBuilder", "TASKS", "FORMATS", "TEMPLATES", "PromptError", "catalog_row", "catalog_item"]
@@ -60,7 +61,7 @@ FORMAT_HINTS = {
 }
 
 
-class PromptError(ValueError):
+class PromptError(NeoDataError):
     """A prompt field is invalid (unknown task, type, format or item)."""
 
 

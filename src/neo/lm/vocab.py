@@ -23,13 +23,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..core.layout import TokenLayout
+from ..core.errors import NeoDataError
 
 __all__ = ["SidVocab", "VocabMismatchError"]
 
 VOCAB_FORMAT_VERSION = 1
 
 
-class VocabMismatchError(ValueError):
+class VocabMismatchError(NeoDataError):
     """A tokenizer, model, index or saved file disagrees with a :class:`SidVocab`."""
 
 

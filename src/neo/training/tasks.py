@@ -48,6 +48,8 @@ import numpy as np
 
 from ..lm.prompts import Prompt, PromptBuilder
 
+from ..core.errors import NeoDataError
+
 __all__ = [
     "Example", "EvalCase", "InteractionReport", "Interactions", "Split", "TaskBuilder", "TaskDataError",
     "load_interactions", "split_interactions", "ALIGN_TASKS", "INSTRUCTION_TASKS", "ALIGN_TEMPLATES",
@@ -73,7 +75,7 @@ SEARCH_ATTR_TEMPLATES = ["{a}", "{a} and {b}", "something {a}, {b}", "{types} th
 _SPLIT_ATTRS = re.compile(r"\s*[,;|]\s*")
 
 
-class TaskDataError(ValueError):
+class TaskDataError(NeoDataError):
     """Interactions or task inputs are invalid (unknown items, empty histories, bad splits)."""
 
 

@@ -18,16 +18,16 @@ mask, so transformers builds a block-diagonal causal mask and examples never att
 checkpointing (``output_dir`` + ``save_steps``) and exact resume (``resume_from_checkpoint``),
 ``tqdm`` progress bars, and return a :class:`TrainResult` with the loss history.
 
-Scaling out: the functions only build a ``Trainer``, so the usual launchers work unchanged. The module
-is also a command::
+Scaling out: the functions only build a ``Trainer``, so the usual launchers work unchanged; the
+command is ``neo train`` (:mod:`neo.cli.train`)::
 
     # this CPU
-    python -m neo.train instruct --system out/neo_system --interactions ratings.csv --output out/instruct
+    neo train instruct --system out/neo_system --interactions ratings.csv --output out/instruct
     # 8 GPUs on one node (DDP)
-    torchrun --nproc_per_node 8 -m neo.train instruct --system out/neo_system --interactions ratings.csv \\
+    torchrun --nproc_per_node 8 -m neo.cli train instruct --system out/neo_system --interactions ratings.csv \\
         --output out/instruct --bf16
     # several nodes / DeepSpeed / FSDP: an accelerate config (or --deepspeed ds.json / --fsdp "full_shard")
-    accelerate launch --config_file multi_node.yaml -m neo.train instruct ...
+    accelerate launch --config_file multi_node.yaml -m neo.cli train instruct ...
 
 ``--deepspeed`` and ``--fsdp`` are passed to ``TrainingArguments``; any ``TrainingArguments`` field
 can also be given to the Python functions as ``training_args={...}``. ``align`` relies on per-row
@@ -38,7 +38,6 @@ ZeRO-1/2 with ``deepspeed`` not overriding the optimiser); with ZeRO-3 or FSDP u
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -659,77 +658,3 @@ def stage0(catalog: Any = None, tokenizer: Any = None, model: Any = None, *, tex
                data_report={"documents": len(feats), "packed_rows": len(rows)},
                trainable_params=sum(p.numel() for p in model.parameters()))
     return model, tokenizer, res
-
-
-# ============================================================================ command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m neo.train {align,instruct}``: train a saved :class:`neo.NeoSystem` on interactions.
-
-    Works unchanged under ``torchrun`` / ``accelerate launch`` (see the module docstring).
-    """
-    import pandas as pd
-
-    from ..lm.system import NeoSystem
-    from .tasks import TaskBuilder, load_interactions, split_interactions
-
-    ap = argparse.ArgumentParser(prog="python -m neo.train", description="Staged training of a neo system.")
-    ap.add_argument("stage", choices=["align", "instruct"])
-    ap.add_argument("--system", required=True, help="directory written by NeoSystem.save")
-    ap.add_argument("--interactions", help="CSV with user,item,timestamp columns (instruct)")
-    ap.add_argument("--user-col", default="userId")
-    ap.add_argument("--item-col", default="movieId")
-    ap.add_argument("--time-col", default="timestamp")
-    ap.add_argument("--item-id", default="movie:{}", help="format string turning the item column into catalog ids")
-    ap.add_argument("--split", default="leave_one_out", choices=["leave_one_out", "temporal"])
-    ap.add_argument("--output", required=True)
-    ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--max-steps", type=int)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--packing", action="store_true")
-    ap.add_argument("--lora", action="store_true")
-    ap.add_argument("--save-steps", type=int, default=500)
-    ap.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in --output")
-    ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--deepspeed", help="DeepSpeed JSON config")
-    ap.add_argument("--fsdp", help="TrainingArguments.fsdp, e.g. 'full_shard auto_wrap'")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    system = NeoSystem.load(a.system)
-    if system.catalog is None:
-        raise SystemExit(f"{a.system} holds no catalog; task builders need one")
-    from ..lm.prompts import PromptBuilder
-
-    tb = TaskBuilder(PromptBuilder(system.tokenizer, system.vocab, system.index, system.catalog), system.catalog,
-                     seed=a.seed)
-    extra: dict[str, Any] = {}
-    if a.bf16:
-        extra["bf16"] = True
-    if a.deepspeed:
-        extra["deepspeed"] = a.deepspeed
-    if a.fsdp:
-        extra["fsdp"] = a.fsdp
-    common = dict(output_dir=a.output, epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size,
-                  max_length=a.max_length, packing=a.packing, save_steps=a.save_steps,
-                  resume_from_checkpoint=True if a.resume else None, seed=a.seed, training_args=extra)
-    if a.stage == "align":
-        res = align(system.model, system.tokenizer, system.vocab, tb.alignment(), lr=a.lr or 1e-3, **common)
-    else:
-        if not a.interactions:
-            raise SystemExit("instruct needs --interactions")
-        inter = load_interactions(pd.read_csv(a.interactions), system.catalog, user_col=a.user_col,
-                                  item_col=a.item_col, time_col=a.time_col, item_id=a.item_id, on_missing="skip")
-        split = split_interactions(inter, a.split, seed=a.seed)
-        res = instruct(system.model, system.tokenizer, tb.instruction(split), lr=a.lr or 1e-4, lora=a.lora, **common)
-        system.model = res.model
-    if int(os.environ.get("RANK", "0")) == 0:
-        system.save(os.path.join(a.output, "system"))
-        print(f"{a.stage}: {res.global_step} steps, train loss {res.train_loss:.4f}; saved {a.output}/system")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

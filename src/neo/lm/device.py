@@ -480,11 +480,17 @@ class DeviceDecodeState:
             self.depth = torch.where(reset | ok_start, torch.zeros_like(self.depth), self.depth)
             self.node = torch.where(ok_start, torch.zeros_like(self.node), self.node)
             self.at_leaf = self.at_leaf & ~reset
-            for mask, code in ((inv, _E_VOCAB), (e_open_text, _E_OPEN_TEXT), (e_open_max, _E_OPEN_MAX),
-                               (e_open_none, _E_OPEN_NONE), (e_code, _E_CODE_OUTSIDE), (e_close, _E_CLOSE_OUTSIDE),
-                               (e_ids, _E_IDS_TEXT), (e_after_last, _E_AFTER_LAST), (e_not_first, _E_NOT_FIRST),
-                               (e_type, _E_TYPE), (e_level, _E_LEVEL)):
-                self._set_error(mask, code, tok)
+            # the error cases are mutually exclusive: one code per row, then one update
+            code = torch.zeros_like(tok)
+            for mask, c in ((inv, _E_VOCAB), (e_open_text, _E_OPEN_TEXT), (e_open_max, _E_OPEN_MAX),
+                            (e_open_none, _E_OPEN_NONE), (e_code, _E_CODE_OUTSIDE), (e_close, _E_CLOSE_OUTSIDE),
+                            (e_ids, _E_IDS_TEXT), (e_after_last, _E_AFTER_LAST), (e_not_first, _E_NOT_FIRST),
+                            (e_type, _E_TYPE), (e_level, _E_LEVEL)):
+                code = torch.where(mask, c, code)
+            failed = code > 0
+            self.status = torch.where(failed, ERROR, self.status)
+            self.err_code = torch.where(failed, code, self.err_code)
+            self.err_tok = torch.where(failed, tok, self.err_tok)
         self._refresh(tok, trie_adv)
 
     def _can_open(self) -> torch.Tensor:

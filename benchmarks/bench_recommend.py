@@ -428,9 +428,11 @@ def section_share(args, rows: list[dict], device: str) -> None:
     vocab, index, _, codes, _ = build(args.share_items, args.base_vocab, model=False)
     lay = vocab.layout
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=lay.vocab_size, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                      num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True, eos_token_id=2,
-                      pad_token_id=0, bos_token_id=1)
+    shape = (dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14)
+             if args.share_model == "qwen2-0.5b" else
+             dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4))
+    cfg = Qwen2Config(vocab_size=lay.vocab_size, num_key_value_heads=2, tie_word_embeddings=True, eos_token_id=2,
+                      pad_token_id=0, bos_token_id=1, **shape)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = Qwen2ForCausalLM(cfg).to(device=device, dtype=dtype).eval()
     tok = _Tok()
@@ -463,7 +465,7 @@ def section_share(args, rows: list[dict], device: str) -> None:
         finally:
             generation._forward = real_forward
         other = spent["total"] - spent["forward"]
-        rows.append(dict(section="share", device=device, model="Qwen2-0.5B-shaped (random weights)", users=B,
+        rows.append(dict(section="share", device=device, model=f"{args.share_model}-shaped (random weights)", users=B,
                          beams=30, items=args.share_items, recommend_ms=spent["total"] / n * 1e3,
                          forward_ms=spent["forward"] / n * 1e3, constraint_and_search_ms=other / n * 1e3,
                          share_pct=100 * other / spent["total"], users_per_s=B * n / spent["total"]))
@@ -552,6 +554,8 @@ def main() -> None:
     ap.add_argument("--device-rows", type=int, default=140)
     ap.add_argument("--share-items", type=int, default=1_000_000)
     ap.add_argument("--share-users", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--share-model", choices=["qwen2-0.5b", "tiny"], default="qwen2-0.5b",
+                    help="model shape for the share section (tiny: a quick check of the script on CPU)")
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="recommend")

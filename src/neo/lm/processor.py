@@ -19,7 +19,9 @@ row whose tokens equal the new row's prefix (a 64-bit rolling hash, verified exa
 ``DecodeState.reorder(parents)`` and ``advance(last tokens)``. That is right for greedy search,
 sampling, beam search (which reorders rows every step) and ``num_return_sequences`` alike, without
 access to the beam indices. Any other input (assisted decoding's drafts and rollbacks, skipped
-steps) is handled by replaying the generated tokens from the prompt in one C++ call.
+steps) is handled by replaying the generated tokens from the prompt in one C++ call. With
+``backend="auto"`` on CUDA scores (or ``"device"`` / ``"triton"`` / ``"torch"``) the same tracking runs
+on the device instead (:class:`neo.lm.device.DeviceSidTracker`).
 """
 
 from __future__ import annotations
@@ -255,6 +257,10 @@ class SidLogitsProcessor(LogitsProcessor):
         Text tokens allowed between spans in the ``ids`` format.
     num_threads : int
         Threads of the C++ core.
+    backend : ``"auto"`` | ``"core"`` | ``"device"`` | ``"triton"`` | ``"torch"``
+        ``"auto"``: for CUDA scores the decode state, trie and mask stay on the GPU (no host round
+        trip per step, see :mod:`neo.lm.device`); for CPU scores the C++ core. ``"core"`` always
+        uses the C++ core; the others force the device path (torch kernels on CPU tensors).
 
     Notes
     -----
@@ -305,7 +311,13 @@ class SidLogitsProcessor(LogitsProcessor):
         max_items: int | Sequence[int | None] | None = None,
         separator_token_ids: Iterable[int] = (),
         num_threads: int = 1,
+        backend: str = "auto",
     ):
+        from .device import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         self.index = index
         scalar = getattr(eos_token_id, "ndim", None) == 0 or not isinstance(eos_token_id, Iterable)
         self.eos = ([as_int(eos_token_id, "eos_token_id")] if scalar
@@ -335,6 +347,7 @@ class SidLogitsProcessor(LogitsProcessor):
         self._hash: np.ndarray | None = None  # (rows,) uint64 rolling hash of _gen
         self._group: np.ndarray | None = None
         self._per = 1
+        self._device: Any = None  # DeviceSidTracker of the device branch
 
     # ------------------------------------------------------------------ state tracking
     def _start(self, input_ids: np.ndarray) -> None:
@@ -469,6 +482,13 @@ class SidLogitsProcessor(LogitsProcessor):
         return True
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        from .device import DeviceSidTracker, resolve_backend
+
+        on_device, kernels = resolve_backend(self.backend, scores.device)
+        if on_device:
+            if self._device is None:
+                self._device = DeviceSidTracker(self, kernels)
+            return self._device(input_ids, scores)
         ids = input_ids.detach().to("cpu").numpy().astype(np.int64, copy=False)
         rows, cur = ids.shape
         follows = (self.masker is not None and self._gen is not None and rows == self.masker.num_rows
@@ -570,10 +590,14 @@ class SidLogitsProcessor(LogitsProcessor):
     # ------------------------------------------------------------------ introspection
     def errors(self) -> dict[int, str]:
         """Rows in the sticky error state with their reasons (should be empty)."""
+        if self._device is not None and self._device.state is not None:
+            return self._device.state.errors()
         return {} if self.masker is None else self.masker.state.errors()
 
     def emitted(self, row: int) -> np.ndarray:
         """Item rows completed so far by a row of the current generation."""
+        if self._device is not None and self._device.state is not None:
+            return self._device.state.emitted_items(row)
         if self.masker is None:
             return np.zeros(0, dtype=np.int32)
         return self.masker.state.emitted(row)

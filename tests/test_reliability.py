@@ -454,3 +454,21 @@ def test_duplicate_fill_indices_are_refused(wide, rows):
     full = np.zeros_like(mask)
     st.fill_next_token_bitmask(full)
     np.testing.assert_array_equal(mask, full)
+
+
+def test_non_integer_ids_raise_type_error_in_bitmask_shape_and_vocab(wide):
+    with pytest.raises(TypeError, match="batch_size"):
+        neo.get_bitmask_shape(2.0, 100)
+    with pytest.raises(TypeError, match="vocab_size"):
+        neo.get_bitmask_shape(2, 100.5)
+    assert neo.get_bitmask_shape(np.int64(3), 65) == (3, 3)
+    lay, _, _ = wide
+    vocab = neo.SidVocab(lay)
+    first = lay.types[0].band_starts[0]
+    assert vocab.span_ids([first]) == [vocab.open_id, first, vocab.close_id]
+    with pytest.raises(TypeError, match="SID token id"):
+        vocab.span_ids([float(first)])
+    with pytest.raises(TypeError, match="token id"):
+        vocab.span_text([first + 0.5])
+    with pytest.raises(TypeError, match="code"):
+        vocab.code_token(0, 0, 1.0)

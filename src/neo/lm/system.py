@@ -50,6 +50,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..core.errors import NeoDataError
 from ..core.index import IndexFormatError, SidIndex
 from .adapt import check_model
 from .prompts import PromptBuilder
@@ -68,7 +69,7 @@ _TMP_SUFFIX = ".tmp-neo"
 _HASH_CHUNK = 1 << 22
 
 
-class SystemFormatError(ValueError):
+class SystemFormatError(NeoDataError):
     """A file of a saved system is unreadable, truncated, or differs from what the manifest recorded."""
 
 

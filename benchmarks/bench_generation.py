@@ -43,7 +43,8 @@ class _Tok:
         return {"input_ids": [1, 10, 11]}
 
 
-def build(items: int, base_vocab: int, seed: int = 0):
+def build(items: int, base_vocab: int, seed: int = 0, model: bool = True):
+    """(vocab, index, tiny Llama or None, codes (items, 4), index build seconds) for random 4 x 256 SIDs."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     rng = np.random.default_rng(seed)
@@ -54,13 +55,15 @@ def build(items: int, base_vocab: int, seed: int = 0):
     t0 = time.perf_counter()
     index = SidIndex.build(layout, {"item": layout.codes_to_tokens("item", codes)})
     build_s = time.perf_counter() - t0
+    if not model:
+        return vocab, index, None, codes, build_s
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=layout.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, eos_token_id=2, pad_token_id=0, bos_token_id=1)
-    model = LlamaForCausalLM(cfg).eval()
+    lm = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # make SID spans likely so the constrained states are exercised
-        model.lm_head.weight[layout.open_id] *= 0
-    return vocab, index, model, codes, build_s
+        lm.lm_head.weight[layout.open_id] *= 0
+    return vocab, index, lm, codes, build_s
 
 
 class DictTrie:

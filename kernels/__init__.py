@@ -6,8 +6,10 @@ CUDA tensors and the torch reference otherwise):
 * :func:`apply_token_bitmask_inplace` — apply a packed int32 bitmask (xgrammar / vLLM format) in place.
 * :func:`sample_masked` — fused bitmask + temperature + top-k + top-p + seeded Gumbel-max / greedy.
 * :func:`beam_topk` — full-vocabulary log-softmax, SID-band candidates, top-k per request across beams.
+* :func:`logsumexp_rows` — full-vocabulary log-sum-exp per row (share it between ``beam_topk`` calls).
+* :func:`scatter_bands_` — OR per-row SID bands into a full-vocabulary bitmask in place.
 * :class:`DeviceTrie` — the trie of one item type on the device; batched advance + allowed band.
-* :func:`band_to_bitmask` — scatter per-row bands into a full-vocabulary bitmask (torch, any device).
+* :func:`band_to_bitmask` — scatter per-row bands into a new full-vocabulary bitmask (torch, any device).
 
 Triton is imported lazily: ``import neo.kernels`` and ``neo.kernels.reference`` never import it, so a
 CPU-only install works without it. This package never imports ``neo``.
@@ -26,6 +28,8 @@ __all__ = [
     "apply_token_bitmask_inplace",
     "sample_masked",
     "beam_topk",
+    "logsumexp_rows",
+    "scatter_bands_",
     "band_to_bitmask",
     "DeviceTrie",
     "OUTSIDE",
@@ -131,6 +135,7 @@ def beam_topk(
     k: int,
     num_beams: int,
     backend: str = "auto",
+    lse: Optional["torch.Tensor"] = None,
 ):
     """One constrained beam-search step: masked log-softmax over the SID band + top-k across beams.
 
@@ -145,6 +150,8 @@ def beam_topk(
     k : int. Candidates returned per request.
     num_beams : int.
     backend : ``"auto"``, ``"triton"`` or ``"torch"``.
+    lse : Tensor ``(rows,)`` float, optional. The rows' full-vocabulary log-sum-exp
+        (:func:`logsumexp_rows`), to skip recomputing it when several calls share the logits.
 
     Returns
     -------
@@ -159,11 +166,48 @@ def beam_topk(
         from .beam import beam_topk_triton as fn
     else:
         from .reference import beam_topk_torch as fn
-    return fn(logits, beam_scores, band_start, band_bitmap, k, num_beams)
+    return fn(logits, beam_scores, band_start, band_bitmap, k, num_beams, lse)
+
+
+def logsumexp_rows(logits: "torch.Tensor", backend: str = "auto") -> "torch.Tensor":
+    """``(rows,)`` float32 log-sum-exp of each row of ``logits (rows, V)`` (NaN counts as ``-inf``).
+
+    One read of the logits; pass the result to :func:`beam_topk` as ``lse`` when several calls score
+    the same logits (e.g. completed and live candidates of a beam search).
+    """
+    if _use_triton(backend, logits):
+        from .beam import logsumexp_rows_triton as fn
+    else:
+        from .reference import logsumexp_rows_torch as fn
+    return fn(logits)
+
+
+def scatter_bands_(bitmask: "torch.Tensor", band_start: "torch.Tensor", band_bitmap: "torch.Tensor",
+                   backend: str = "auto") -> "torch.Tensor":
+    """OR each row's SID band into its full-vocabulary bitmask row, in place; returns ``bitmask``.
+
+    Parameters
+    ----------
+    bitmask : Tensor ``(rows, W)`` int32, contiguous words. Bits already set stay set.
+    band_start : Tensor ``(rows,)`` int. Token id of bit 0 of the row's band (any token, not word
+        aligned); ``< 0`` = no band, the row is untouched.
+    band_bitmap : Tensor ``(rows, n_words)`` int32. Bit ``c`` allows token ``band_start + c``
+        (e.g. ``DeviceTrie.step(...).bitmap``). Tokens at or past ``32 * W`` are dropped.
+    backend : ``"auto"``, ``"triton"`` or ``"torch"``.
+
+    Touches at most ``n_words + 1`` words per row and never waits for the host (no data-dependent
+    shapes), so a device-resident decode loop can build its masks without a round trip.
+    """
+    if _use_triton(backend, bitmask):
+        from .bitmask import scatter_bands_triton as fn
+    else:
+        from .reference import scatter_bands_torch as fn
+    fn(bitmask, band_start, band_bitmap)
+    return bitmask
 
 
 def band_to_bitmask(band_start, band_bitmap, vocab_size, extra_token=None):
-    """Scatter bands into a full ``(rows, ceil(vocab_size/32))`` int32 bitmask (see reference)."""
+    """Scatter bands into a new full ``(rows, ceil(vocab_size/32))`` int32 bitmask (see reference)."""
     from .reference import band_to_bitmask as fn
 
     return fn(band_start, band_bitmap, vocab_size, extra_token)

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from .reference import _beam_args
 
-__all__ = ["beam_topk_triton"]
+__all__ = ["beam_topk_triton", "logsumexp_rows_triton"]
 
 
 @triton.jit
@@ -95,6 +95,41 @@ def _beam_topk_kernel(
         cand = tl.where(fidx == sel, float("-inf"), cand)
 
 
+def _lse_partials(logits: torch.Tensor):
+    """Per-row partial ``(max, sum exp)`` over vocabulary chunks: ``(rows, nsplit)`` each."""
+    R, V = logits.shape
+    dev = logits.device
+    BLOCK = 2048 if V >= 2048 else max(32, triton.next_power_of_2(V))
+    if dev.type == "cuda":
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count
+        nsplit = max(1, min(triton.cdiv(V, 8 * BLOCK), triton.cdiv(4 * sms, max(R, 1))))
+    else:
+        nsplit = max(1, min(triton.cdiv(V, BLOCK), 2))
+    chunk = triton.cdiv(triton.cdiv(V, nsplit), BLOCK) * BLOCK
+    nsplit = triton.cdiv(V, chunk)
+    m_part = torch.empty((R, nsplit), dtype=torch.float32, device=dev)
+    s_part = torch.empty((R, nsplit), dtype=torch.float32, device=dev)
+    if R:
+        _lse_partial_kernel[(R, nsplit)](logits, m_part, s_part, V, logits.stride(0), chunk, nsplit,
+                                         BLOCK=BLOCK, num_warps=8 if BLOCK >= 2048 else 4)
+    return m_part, s_part
+
+
+def logsumexp_rows_triton(logits: torch.Tensor) -> torch.Tensor:
+    """Triton twin of :func:`neo.kernels.reference.logsumexp_rows_torch`: ``(rows,)`` float32."""
+    if logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating (rows, V) tensor, got {logits.dtype} "
+                         f"{tuple(logits.shape)}")
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    if logits.shape[1] == 0:
+        return torch.full((logits.shape[0],), float("-inf"), device=logits.device)
+    m, s = _lse_partials(logits)
+    M = m.max(1).values
+    Ms = torch.where(M == float("-inf"), torch.zeros_like(M), M)
+    return Ms + torch.log((s * torch.exp(m - Ms[:, None])).sum(1))
+
+
 def beam_topk_triton(
     logits: torch.Tensor,
     beam_scores: torch.Tensor,
@@ -102,9 +137,10 @@ def beam_topk_triton(
     band_bitmap: torch.Tensor,
     k: int,
     num_beams: int,
+    lse: torch.Tensor = None,
 ):
     """Triton twin of :func:`neo.kernels.reference.beam_topk_torch` (same outputs)."""
-    R, V = _beam_args(logits, beam_scores, band_start, band_bitmap, k, num_beams)
+    R, V = _beam_args(logits, beam_scores, band_start, band_bitmap, k, num_beams, lse)
     NR = R // num_beams
     dev = logits.device
     scores = torch.empty((NR, k), dtype=torch.float32, device=dev)
@@ -117,18 +153,12 @@ def beam_topk_triton(
     band_bitmap = band_bitmap.contiguous()
     band_start = band_start.contiguous()
     beam_scores = beam_scores.to(torch.float32).contiguous()
-    BLOCK = 2048 if V >= 2048 else max(32, triton.next_power_of_2(V))
-    if dev.type == "cuda":
-        sms = torch.cuda.get_device_properties(dev).multi_processor_count
-        nsplit = max(1, min(triton.cdiv(V, 8 * BLOCK), triton.cdiv(4 * sms, R)))
-    else:
-        nsplit = max(1, min(triton.cdiv(V, BLOCK), 2))
-    chunk = triton.cdiv(triton.cdiv(V, nsplit), BLOCK) * BLOCK
-    nsplit = triton.cdiv(V, chunk)
-    m_part = torch.empty((R, nsplit), dtype=torch.float32, device=dev)
-    s_part = torch.empty((R, nsplit), dtype=torch.float32, device=dev)
-    _lse_partial_kernel[(R, nsplit)](logits, m_part, s_part, V, logits.stride(0), chunk, nsplit,
-                                     BLOCK=BLOCK, num_warps=8 if BLOCK >= 2048 else 4)
+    if lse is None:
+        m_part, s_part = _lse_partials(logits)
+    else:  # a known log-sum-exp is one partial (max = lse, sum = 1)
+        m_part = lse.to(device=dev, dtype=torch.float32).reshape(R, 1).contiguous()
+        s_part = torch.ones((R, 1), dtype=torch.float32, device=dev)
+    nsplit = m_part.shape[1]
     KW = max(32, triton.next_power_of_2(band_bitmap.shape[1] * 32))
     NB = triton.next_power_of_2(num_beams)
     _beam_topk_kernel[(NR,)](

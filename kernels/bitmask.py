@@ -1,7 +1,11 @@
-"""Triton kernel: apply a packed int32 token bitmask to logits in place (xgrammar-compatible format).
+"""Triton kernels on packed int32 token bitmasks (xgrammar-compatible format).
 
-Grid ``(rows_to_apply, cdiv(ncols, BLOCK))``; each program reads its slice of the logits row and the
-matching bitmask words and writes ``-inf`` where the bit is 0. Only masked positions are stored.
+* ``_apply_bitmask_kernel``, grid ``(rows_to_apply, cdiv(ncols, BLOCK))``: each program reads its
+  slice of the logits row and the matching bitmask words and writes ``-inf`` where the bit is 0. Only
+  masked positions are stored.
+* ``_scatter_bands_kernel``, grid ``(rows,)``: ORs a row's SID band (``n_words`` words starting at an
+  arbitrary token) into its full-vocabulary bitmask row: the band words are shifted by the start's
+  bit offset and written to at most ``n_words + 1`` bitmask words, so the cost is independent of V.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import _check_bitmask_args
+from .reference import _check_bitmask_args, _check_scatter_args
 
-__all__ = ["apply_token_bitmask_inplace_triton"]
+__all__ = ["apply_token_bitmask_inplace_triton", "scatter_bands_triton"]
 
 
 @triton.jit
@@ -69,3 +73,41 @@ def apply_token_bitmask_inplace_triton(
         lg, bm, idx if idx is not None else bm, ncols, bm.shape[1], lg.stride(0), bm.stride(0),
         HAS_INDICES=idx is not None, BLOCK=BLOCK, num_warps=8 if BLOCK >= 4096 else 4,
     )
+
+
+@triton.jit
+def _scatter_bands_kernel(bitmask_ptr, band_ptr, bandmap_ptr, W, NB, bitmask_stride, bandmap_stride,
+                          NBP: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    bs = tl.load(band_ptr + row).to(tl.int64)
+    has = bs >= 0
+    bsafe = tl.where(has, bs, 0)
+    word0 = bsafe >> 5
+    off = bsafe & 31
+    j = tl.arange(0, NBP).to(tl.int64)
+    base = bandmap_ptr + row * bandmap_stride
+    m_cur = tl.where(has, j < NB, False)  # (scalar & vector masks trip the interpreter)
+    m_prev = tl.where(has, (j >= 1) & (j <= NB), False)
+    cur = tl.load(base + j, mask=m_cur, other=0).to(tl.int64) & 0xFFFFFFFF
+    prev = tl.load(base + j - 1, mask=m_prev, other=0).to(tl.int64) & 0xFFFFFFFF
+    words = ((cur << off) | (prev >> (32 - off))) & 0xFFFFFFFF
+    col = word0 + j
+    ok = tl.where(has, (j <= NB) & (col < W) & (words != 0), False)
+    ptr = bitmask_ptr + row * bitmask_stride + col
+    old = tl.load(ptr, mask=ok, other=0)
+    tl.store(ptr, old | words.to(tl.int32), mask=ok)
+
+
+def scatter_bands_triton(bitmask: torch.Tensor, band_start: torch.Tensor, band_bitmap: torch.Tensor) -> None:
+    """Triton twin of :func:`neo.kernels.reference.scatter_bands_torch` (same semantics)."""
+    _check_scatter_args(bitmask, band_start, band_bitmap)
+    R, W = bitmask.shape
+    NB = band_bitmap.shape[1]
+    if R == 0 or W == 0 or NB == 0:
+        return
+    if bitmask.stride(1) != 1:
+        raise ValueError("bitmask must be contiguous along the word dimension")
+    band_start = band_start.to(device=bitmask.device).contiguous()
+    band_bitmap = band_bitmap.to(device=bitmask.device).contiguous()
+    _scatter_bands_kernel[(R,)](bitmask, band_start, band_bitmap, W, NB, bitmask.stride(0),
+                                band_bitmap.stride(0), NBP=triton.next_power_of_2(NB + 1), num_warps=1)

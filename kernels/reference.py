@@ -25,6 +25,8 @@ __all__ = [
     "gumbel_noise",
     "sample_masked_torch",
     "beam_topk_torch",
+    "logsumexp_rows_torch",
+    "scatter_bands_torch",
     "band_to_bitmask",
     "OUTSIDE",
     "ERROR",
@@ -241,6 +243,11 @@ def sample_masked_torch(
     (``-inf`` and NaN logits are never drawn).
     """
     R, V, T, K, P, S, G = _sampling_params(logits, bitmask, temperature, top_k, top_p, seeds, greedy)
+    # whether a filter can be active is decided from the arguments on the host, not by reading the
+    # device (rows where it is inactive are unchanged either way)
+    all_greedy = greedy is True or (not isinstance(temperature, torch.Tensor) and temperature <= 0)
+    need_k = not all_greedy and (isinstance(top_k, torch.Tensor) or top_k > 0)
+    need_p = not all_greedy and (isinstance(top_p, torch.Tensor) or top_p < 1.0)
     x = logits.float()
     allowed = x > _NEG_INF  # False for NaN too
     if bitmask is not None:
@@ -252,14 +259,14 @@ def sample_masked_torch(
 
     # top-k: keep s >= k-th largest allowed value
     act_k = (~G) & (K > 0) & (K < n_allowed)
-    if bool(act_k.any()):
+    if need_k:
         srt = torch.sort(s, dim=1, descending=True).values
         kth = srt.gather(1, (K.clamp(1, V) - 1)[:, None])
         s = torch.where(act_k[:, None] & (s < kth), torch.full_like(s, _NEG_INF), s)
 
     # top-p: keep s >= t, t the largest value whose upper mass is >= p * Z
     act_p = (~G) & (P < 1.0) & (n_allowed > 0)
-    if bool(act_p.any()):
+    if need_p:
         m = s.max(1, keepdim=True).values
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         e = torch.exp(s - m)
@@ -286,7 +293,7 @@ def sample_masked_torch(
 
 
 # ---------------------------------------------------------------------------------------------- beam
-def _beam_args(logits, beam_scores, band_start, band_bitmap, k, num_beams):
+def _beam_args(logits, beam_scores, band_start, band_bitmap, k, num_beams, lse=None):
     if logits.dim() != 2 or not logits.is_floating_point():
         raise ValueError(f"logits must be a floating (rows, V) tensor, got {logits.dtype} "
                          f"{tuple(logits.shape)}")
@@ -302,6 +309,8 @@ def _beam_args(logits, beam_scores, band_start, band_bitmap, k, num_beams):
     if band_bitmap.dtype != torch.int32 or band_bitmap.dim() != 2 or band_bitmap.shape[0] != R:
         raise ValueError(f"band_bitmap must be int32 ({R}, ceil(K/32)), got {band_bitmap.dtype} "
                          f"{tuple(band_bitmap.shape)}")
+    if lse is not None and (lse.shape != (R,) or not lse.is_floating_point()):
+        raise ValueError(f"lse must be a floating ({R},) tensor, got {lse.dtype} {tuple(lse.shape)}")
     return R, V
 
 
@@ -312,6 +321,7 @@ def beam_topk_torch(
     band_bitmap: torch.Tensor,
     k: int,
     num_beams: int,
+    lse: Optional[torch.Tensor] = None,
 ):
     """Constrained beam-search step: full-vocab log-softmax, SID-band candidates, top-k per request.
 
@@ -326,6 +336,8 @@ def beam_topk_torch(
         Tokens ``>= V`` are ignored.
     k : int, candidates per request.
     num_beams : int.
+    lse : Tensor ``(rows,)`` float, optional. The rows' full-vocabulary log-sum-exp, when the caller
+        already has it (:func:`logsumexp_rows_torch`), e.g. for two calls on the same logits.
 
     Returns
     -------
@@ -337,12 +349,12 @@ def beam_topk_torch(
     Allowed tokens whose logit is ``-inf`` or NaN are not candidates. The log-softmax normalises over
     all ``V`` columns (NaN treated as ``-inf``).
     """
-    R, V = _beam_args(logits, beam_scores, band_start, band_bitmap, k, num_beams)
+    R, V = _beam_args(logits, beam_scores, band_start, band_bitmap, k, num_beams, lse)
     NR = R // num_beams
     KW = band_bitmap.shape[1] * 32
     dev = logits.device
     x = _nan_to_neginf(logits.float())
-    lse = torch.logsumexp(x, dim=1)
+    lse = torch.logsumexp(x, dim=1) if lse is None else lse.to(device=dev, dtype=torch.float32)
     bs = band_start.to(torch.int64)
     codes = torch.arange(KW, device=dev)
     tok = bs[:, None] + codes[None, :]
@@ -368,7 +380,64 @@ def beam_topk_torch(
     return vals, beam, token
 
 
+def logsumexp_rows_torch(logits: torch.Tensor) -> torch.Tensor:
+    """``(rows,)`` float32 log-sum-exp of each row over the full vocabulary (NaN counts as ``-inf``)."""
+    if logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating (rows, V) tensor, got {logits.dtype} "
+                         f"{tuple(logits.shape)}")
+    return torch.logsumexp(_nan_to_neginf(logits.float()), dim=1)
+
+
 # ---------------------------------------------------------------------------------------------- helpers
+def _check_scatter_args(bitmask, band_start, band_bitmap):
+    if bitmask.dtype != torch.int32 or bitmask.dim() != 2:
+        raise ValueError(f"bitmask must be int32 (rows, W), got {bitmask.dtype} {tuple(bitmask.shape)}")
+    R = bitmask.shape[0]
+    if band_start.shape != (R,) or band_start.is_floating_point():
+        raise ValueError(f"band_start must be an integer ({R},) tensor, got {band_start.dtype} "
+                         f"{tuple(band_start.shape)}")
+    if band_bitmap.dtype != torch.int32 or band_bitmap.dim() != 2 or band_bitmap.shape[0] != R:
+        raise ValueError(f"band_bitmap must be int32 ({R}, n_words), got {band_bitmap.dtype} "
+                         f"{tuple(band_bitmap.shape)}")
+
+
+def scatter_bands_torch(bitmask: torch.Tensor, band_start: torch.Tensor, band_bitmap: torch.Tensor) -> None:
+    """OR every row's band into a full-vocabulary packed bitmask, in place.
+
+    Parameters
+    ----------
+    bitmask : Tensor ``(rows, W)`` int32, modified in place (bit ``j`` of word ``w`` = token ``32*w+j``).
+    band_start : Tensor ``(rows,)`` int. Token of bit 0 of the row's band; ``< 0`` = no band (the row
+        is left untouched).
+    band_bitmap : Tensor ``(rows, n_words)`` int32. Bit ``c`` = token ``band_start + c``.
+
+    Tokens at or past ``32 * W`` are dropped. Fixed shapes only (no ``nonzero``), so on a GPU it never
+    waits for the host.
+    """
+    _check_scatter_args(bitmask, band_start, band_bitmap)
+    R, W = bitmask.shape
+    NB = band_bitmap.shape[1]
+    if R == 0 or W == 0 or NB == 0:
+        return
+    dev = bitmask.device
+    bs = band_start.to(device=dev, dtype=torch.int64)
+    has = bs >= 0
+    bsafe = torch.where(has, bs, torch.zeros_like(bs))
+    word0 = bsafe >> 5
+    off = (bsafe & 31)[:, None]
+    b = band_bitmap.to(device=dev, dtype=torch.int64) & _M32
+    zero = torch.zeros((R, 1), dtype=torch.int64, device=dev)
+    cur = torch.cat([b, zero], 1)  # word j of the band, j = 0..NB
+    prev = torch.cat([zero, b], 1)  # word j-1
+    words = ((cur << off) | (prev >> (32 - off))) & _M32
+    col = word0[:, None] + torch.arange(NB + 1, device=dev)[None, :]
+    ok = has[:, None] & (col < W) & (words != 0)
+    ext = torch.zeros((R, W + 1), dtype=torch.int64, device=dev)  # column W collects the dropped words
+    ext.scatter_(1, torch.where(ok, col, torch.full_like(col, W)), torch.where(ok, words, torch.zeros_like(words)))
+    add = ext[:, :W]
+    bitmask |= torch.where(add >= 2**31, add - 2**32, add).to(torch.int32)
+
+
 def band_to_bitmask(
     band_start: torch.Tensor,
     band_bitmap: torch.Tensor,
@@ -383,21 +452,16 @@ def band_to_bitmask(
     R = band_start.shape[0]
     dev = band_start.device
     W = (vocab_size + 31) // 32
-    KW = band_bitmap.shape[1] * 32
-    bits = unpack_bitmask(band_bitmap, KW)
-    tok = band_start.to(torch.int64)[:, None] + torch.arange(KW, device=dev)[None, :]
-    ok = bits & (band_start[:, None] >= 0) & (tok < vocab_size)
-    dense = torch.zeros((R, W * 32), dtype=torch.bool, device=dev)
-    r_idx, c_idx = torch.nonzero(ok, as_tuple=True)
-    dense[r_idx, tok[r_idx, c_idx]] = True
+    out = torch.zeros((R, W), dtype=torch.int32, device=dev)
+    scatter_bands_torch(out, band_start, band_bitmap)
+    if vocab_size % 32 and W:  # tokens in [vocab_size, 32*W) are never allowed
+        out[:, -1] &= (1 << (vocab_size % 32)) - 1
     if extra_token is not None:
-        e = extra_token.to(torch.int64)
+        e = extra_token.to(device=dev, dtype=torch.int64)
         has = (e >= 0) & (e < vocab_size)
-        dense[torch.arange(R, device=dev)[has], e[has]] = True
-    w = dense.view(R, W, 32).to(torch.int64) << torch.arange(32, device=dev, dtype=torch.int64)
-    packed = w.sum(-1)
-    packed = torch.where(packed >= 2**31, packed - 2**32, packed)
-    return packed.to(torch.int32)
+        scatter_bands_torch(out, torch.where(has, e, torch.full_like(e, -1)),
+                            torch.ones((R, 1), dtype=torch.int32, device=dev))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- trie step
@@ -490,7 +554,7 @@ def trie_step_torch(
     node = node.to(torch.int64)
     tok = tokens.to(device=node.device, dtype=torch.int64)
     R = node.shape[0]
-    leaf0 = int(t.depth_begin[t.levels])
+    leaf0 = t.num_internal  # first leaf id (depth_begin[levels]), known on the host: no device read
     # ---- advance
     adv = (node >= 0) & (tok >= 0)
     is_leaf = node >= leaf0
@@ -522,10 +586,10 @@ def trie_step_torch(
     le2 = t.leaf_hi[chs2].to(torch.int64)
     off2 = _offered_torch(t, filt, lb2, le2) & m2
     W = t.n_words
-    bits = torch.zeros((R, W * 32), dtype=torch.bool, device=node.device)
-    r_idx, l_idx = torch.nonzero(off2, as_tuple=True)
-    bits[r_idx, codes2[r_idx, l_idx]] = True
-    w = bits.view(R, W, 32).to(torch.int64) << torch.arange(32, device=node.device, dtype=torch.int64)
+    # scatter the offered codes' bits; other lanes go to a spare column (fixed shapes, no nonzero)
+    bits = torch.zeros((R, W * 32 + 1), dtype=torch.bool, device=node.device)
+    bits.scatter_(1, torch.where(off2, codes2, torch.full_like(codes2, W * 32)), torch.ones_like(off2))
+    w = bits[:, :W * 32].reshape(R, W, 32).to(torch.int64) << torch.arange(32, device=node.device, dtype=torch.int64)
     packed = w.sum(-1)
     bitmap = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
     band = torch.where(internal, t.band_start[d2].to(torch.int64), torch.full_like(new, -1))

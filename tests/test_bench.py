@@ -56,7 +56,9 @@ def test_quick_mode_all_providers_agree(quick_doc):
     assert [r["mode"] for r in e["runs"]] == ["unconstrained", "neo", "prefix_allowed_tokens_fn"]
     assert all(r["tokens_per_s"] > 0 for r in e["runs"])
     assert e["runs"][0]["mask_us_per_step"] is None and all(r["mask_us_per_step"] > 0 for r in e["runs"][1:])
-    assert e["mask_overhead_ratio"] > 1  # neo's processor is cheaper than the dict-trie processor
+    # No timing comparison here (DESIGN.md section 6): how much cheaper neo's processor is than the
+    # dict-trie one is a benchmark figure (the "mask overhead" budget row), not a test.
+    assert isinstance(e["mask_overhead_ratio"], float)
     for r in res:
         assert r["extra"]["step"], r
     assert paths["md"].read_text().startswith("| provider |")

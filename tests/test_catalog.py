@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+from neo.core.errors import NeoDataError
 from neo.items.catalog import Catalog, CatalogError
 
 RECORDS = [
@@ -200,8 +201,12 @@ def test_csv_structure_errors(tmp_path):
     (tmp_path / "dup.csv").write_text("id,id,type\n")
     with pytest.raises(CatalogError, match="duplicate column names"):
         Catalog.from_csv(tmp_path / "dup.csv")
-    with pytest.raises(ValueError, match="cannot tell the format"):
-        Catalog.load(tmp_path / "x.txt") if (tmp_path / "x.txt").write_text("") is not None else None
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(NeoDataError, match="x.txt: the file is empty"):
+        Catalog.load(tmp_path / "x.txt")
+    (tmp_path / "y.txt").write_text("just words\nno columns here\n")
+    with pytest.raises(NeoDataError, match="y.txt: cannot tell the format"):
+        Catalog.load(tmp_path / "y.txt")
 
 
 def test_dataframe_errors_name_index():
@@ -245,3 +250,77 @@ def test_constructor_validation():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a clean load must not warn
         Catalog.from_records(RECORDS, **KW)
+
+
+# ============================================================================ a user's catalog file, any format
+
+
+def test_load_detects_format_and_columns(tmp_path):
+    import gzip
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [("m1", "Toy Story", "Animation"), ("m2", "Heat", "Crime")]
+    files = {
+        "items.csv": "item_id,title,genres\n" + "".join(f"{i},{t},{g}\n" for i, t, g in rows),
+        "items.tsv": "asin\ttitle\tgenres\n" + "".join(f"{i}\t{t}\t{g}\n" for i, t, g in rows),
+        "items.psv": "movieId|title|genres\n" + "".join(f"{i}|{t}|{g}\n" for i, t, g in rows),
+        "items.txt": "".join(json.dumps({"id": i, "title": t, "genres": g}) + "\n" for i, t, g in rows),
+        "items.json": json.dumps([{"item_id": i, "title": t, "genres": g} for i, t, g in rows]),
+        "lcrec.json": json.dumps({i: {"title": t, "genres": g} for i, t, g in rows}),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "items.csv.gz").write_bytes(gzip.compress(files["items.csv"].encode()))
+    pq.write_table(pa.table({"product_id": [r[0] for r in rows], "title": [r[1] for r in rows],
+                             "genres": [r[2] for r in rows]}), tmp_path / "items.parquet")
+    for name in list(files) + ["items.csv.gz", "items.parquet"]:
+        cat = Catalog.load(tmp_path / name)
+        assert cat.ids == ["m1", "m2"] and cat.type_names == ["item"], name  # no type column: one type, "item"
+        assert cat.text["title"] == ["Toy Story", "Heat"] and cat.text["genres"] == ["Animation", "Crime"], name
+        assert set(cat.text_fields) == {"title", "genres"}, name  # the id column is not text
+    # named columns and a type column
+    p = tmp_path / "typed.csv"
+    p.write_text("key,kind,name,plot\nm1,movie,Toy Story,toys\nt1,tag,pixar,\n")
+    cat = Catalog.load(p, id_field="key", type_field="kind", text_fields=["name"])
+    assert cat.ids == ["m1", "t1"] and cat.type_names == ["movie", "tag"] and cat.text_fields == ["name"]
+    assert Catalog.load(p, id_field="key", default_type="thing").type_names == ["thing"]
+
+
+def test_load_errors_name_file_row_and_fix_on_the_first_line(tmp_path):
+    from neo.core.errors import NeoDataError
+
+    p = tmp_path / "c.csv"
+    p.write_text("name,title\nx,X\n")
+    with pytest.raises(CatalogError, match=r"^c.csv:1: no item id column among \['name', 'title'\]; name it with "
+                                           r"--id-col NAME"):
+        Catalog.load(p)
+    p.write_text("id,title\nx,X\n")
+    for kw, col in (({"id_field": "key"}, "item id"), ({"type_field": "kind"}, "item type"),
+                    ({"text_fields": ["title", "plot"]}, "text")):
+        with pytest.raises(CatalogError, match=rf"^c.csv: no {col} column '\w+'; the columns are \['id', 'title'\]; "
+                                               "pass --"):
+            Catalog.load(p, **kw)
+    p.write_text("id,title\n")
+    with pytest.raises(CatalogError, match=r"^c.csv: no items"):
+        Catalog.load(p)
+    p.write_text("id,title\na,A\na,B\nb,\n")
+    with pytest.raises(CatalogError) as ei:
+        Catalog.load(p)
+    first, *rest = str(ei.value).splitlines()
+    assert first.startswith("c.csv:3, field 'id': duplicate id 'a' (first seen at c.csv:2) (and 1 more problem(s) in "
+                            "c.csv); fix the record, or skip invalid records with --skip-invalid"), first
+    assert any("c.csv:4: empty text" in ln for ln in rest)
+    assert ei.value.one_line().startswith(first)
+    q = tmp_path / "c.json"
+    q.write_text('[{"id": "a", "title": "A"},')
+    with pytest.raises(CatalogError, match=r"^c.json:1: not valid JSON"):
+        Catalog.load(q)
+    q.write_text('"just a string"')
+    with pytest.raises(NeoDataError, match=r"^c.json: line 1 is not a JSON object or array"):
+        Catalog.load(q)
+    r = tmp_path / "c.parquet"
+    r.write_text("id,title\na,A\n")
+    with pytest.raises(NeoDataError, match=r"^c.parquet: not a Parquet file"):
+        Catalog.load(r)

@@ -70,7 +70,7 @@ def test_every_option_has_help_and_the_commands_prog():
 
 
 #: the least each command needs to get past its required arguments
-REQUIRED = {"train": ["align", "--system", "s", "--output", "o"]}
+REQUIRED = {"train": ["align", "--system", "s", "--output", "o"], "build": ["--catalog", "c", "--output", "o"]}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

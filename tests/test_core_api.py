@@ -238,7 +238,7 @@ def test_incremental_fill_equals_full_fill(small):
 
 def test_threaded_fill_matches_single_thread(small):
     layout, toks, rows, index = small
-    R = 300  # above the parallel threshold
+    R = 600  # above the parallel threshold (512 rows)
     a, b = DecodeState(index, R, [1], num_threads=0), DecodeState(index, R, [1], num_threads=1)
     seq = [layout.open_id, *toks["movie"][7]]
     ma, mb = np.zeros(a.bitmask_shape, np.int32), np.zeros(b.bitmask_shape, np.int32)

@@ -132,3 +132,213 @@ def test_bundled_movielens_loads_with_both_types_and_license():
     lic = movielens_license()
     assert "redistribute the data set" in lic and "Harper" in lic and "10.1145/2827872" in lic
     assert bundled_path("ml-latest-small.tar.xz").stat().st_size < 1_000_000
+
+
+# ============================================================================ read_interactions: every format
+
+EVENTS = [("u1", "b", 20), ("u2", "a", 5), ("u1", "a", 10), ("u1", "c", 30), ("u2", "c", 1)]
+WANT = {"u1": ["a", "b", "c"], "u2": ["c", "a"]}
+
+
+def _seqs(inter):
+    return {u: [inter.item_ids[i] for i in s] for u, s in zip(inter.user_ids, inter.sequences)}
+
+
+def _write_all_formats(d):
+    import gzip
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    files = {}
+    files["csv"] = d / "e.csv"
+    files["csv"].write_text("user_id,item_id,rating,timestamp\n" + "".join(f"{u},{i},1,{t}\n" for u, i, t in EVENTS))
+    files["tsv"] = d / "e.tsv"
+    files["tsv"].write_text("userId\tmovieId\ttime\n" + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in EVENTS))
+    files["semicolon"] = d / "e.txt"
+    files["semicolon"].write_text("customer_id;sku;date\n" + "".join(
+        f"{u};{i};2020-01-01T00:00:{t:02d}\n" for u, i, t in EVENTS))
+    files["ml-1m"] = d / "ratings.dat"
+    files["ml-1m"].write_text("".join(f"{u}::{i}::5::{1_000_000_000 + t}\n" for u, i, t in EVENTS))
+    files["jsonl"] = d / "e.jsonl"
+    files["jsonl"].write_text("".join(json.dumps({"user": u, "item": i, "ts": t}) + "\n" for u, i, t in EVENTS))
+    files["json"] = d / "e.json"
+    files["json"].write_text(json.dumps([{"user": u, "item": i, "timestamp": t} for u, i, t in EVENTS]))
+    files["json-map"] = d / "m.json"
+    files["json-map"].write_text(json.dumps({"u1": [["b", 20], ["a", 10], ["c", 30]], "u2": [["a", 5], ["c", 1]]}))
+    files["jsonl-lists"] = d / "seq.jsonl"  # one user per line with parallel item / time lists
+    files["jsonl-lists"].write_text(json.dumps({"user": "u1", "items": ["c", "a", "b"], "time": [30, 10, 20]}) + "\n"
+                                    + json.dumps({"user": "u2", "items": ["c", "a"], "time": [1, 5]}) + "\n")
+    files["parquet"] = d / "e.parquet"
+    pq.write_table(pa.table({"user": [e[0] for e in EVENTS], "item": [e[1] for e in EVENTS],
+                             "timestamp": pa.array([1_000_000_000_000 * e[2] for e in EVENTS], pa.timestamp("ns"))}),
+                   files["parquet"])
+    files["gzip"] = d / "e.csv.gz"
+    files["gzip"].write_bytes(gzip.compress(files["csv"].read_bytes()))
+    files["no-extension"] = d / "events"
+    files["no-extension"].write_text(files["jsonl"].read_text())
+    return files
+
+
+def test_read_interactions_every_format_gives_the_same_sequences(tmp_path):
+    from neo.items.datasets import read_interactions
+
+    for fmt, path in _write_all_formats(tmp_path).items():
+        inter = read_interactions(path)
+        assert _seqs(inter) == WANT, fmt
+        assert inter.timestamps is not None and all(np.all(np.diff(t) >= 0) for t in inter.timestamps), fmt
+        assert inter.info["rows"] == len(EVENTS) and inter.info["source"] == path.name, fmt
+    csv_info = read_interactions(tmp_path / "e.csv").info
+    assert csv_info["format"] == "CSV" and csv_info["columns"]["time"] == "timestamp"
+    assert read_interactions(tmp_path / "e.parquet").info["format"] == "Parquet"
+    assert read_interactions(tmp_path / "e.csv.gz").info["format"] == "CSV (gzip)"
+    assert read_interactions(tmp_path / "events").info["format"] == "JSONL"  # decided by content
+
+
+def test_read_interactions_headerless_sequences_and_no_time(tmp_path):
+    from neo.items.datasets import read_interactions
+
+    p = tmp_path / "u.data"  # ml-100k: user, item, rating, unix time; no header
+    p.write_text("196\t242\t3\t881250949\n186\t302\t3\t891717742\n196\t377\t1\t878887116\n")
+    inter = read_interactions(p)
+    assert _seqs(inter) == {"196": ["377", "242"], "186": ["302"]}
+    assert inter.info["columns"]["how"] == {"user": "position", "item": "position", "time": "position (unix seconds)"}
+    q = tmp_path / "pairs.csv"  # no header, no time: file order
+    q.write_text("1,10\n1,11\n2,10\n")
+    assert _seqs(read_interactions(q)) == {"1": ["10", "11"], "2": ["10"]} and read_interactions(q).timestamps is None
+    s = tmp_path / "LastFM.txt"  # user item item ... (P5 / S3-Rec)
+    s.write_text("1 5 3 7\n2 3 9\n")
+    inter = read_interactions(s)
+    assert _seqs(inter) == {"1": ["5", "3", "7"], "2": ["3", "9"]} and inter.info["format"] == "sequences"
+    c = tmp_path / "e.csv"
+    c.write_text("user,item,timestamp\nu,b,2\nu,a,1\n")
+    assert _seqs(read_interactions(c, time_col="none")) == {"u": ["b", "a"]}  # file order on request
+    with pytest.raises(DatasetError, match="no time column 'when'; the columns are"):
+        read_interactions(c, time_col="when")
+    with pytest.raises(DatasetError, match="sequence file"):
+        read_interactions(s, user_col="user")
+
+
+def test_read_interactions_catalog_unknown_items_and_item_id_format(tmp_path):
+    from neo.items.datasets import read_interactions
+
+    cat = load_catalog_jsonl(_jl(tmp_path / "c.jsonl", [{"id": f"movie:{k}", "title": k} for k in "abc"]))
+    p = tmp_path / "e.csv"
+    p.write_text("user,item,timestamp\nu1,a,1\nu1,zz,2\nu2,b,3\nu2,zz,4\nu2,yy,5\n")
+    inter = read_interactions(p, catalog=cat, item_id="movie:{}", unknown_items="skip")
+    assert inter.item_ids == cat.ids and _seqs(inter) == {"u1": ["movie:a"], "u2": ["movie:b"]}
+    assert inter.info["unknown_items"] == {"policy": "skip", "rows_skipped": 3, "distinct": 2,
+                                           "examples": ["movie:zz", "movie:yy"]}
+    with pytest.raises(DatasetError, match=r"^e.csv:3: item 'movie:zz' is not in the catalog .*3 of 5 rows name 2 "
+                                           r"unknown item\(s\).*--unknown-items skip"):
+        read_interactions(p, catalog=cat, item_id="movie:{}")
+    with pytest.raises(DatasetError, match="none of the 5 interactions names an item of the catalog"):
+        read_interactions(p, catalog=cat, unknown_items="skip")
+    with pytest.raises(DatasetError, match="unknown_items must be one of"):
+        read_interactions(p, catalog=cat, unknown_items="drop")
+
+
+def _jl(path, recs):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("empty.csv", "", r"empty.csv: the file is empty"),
+    ("hdr.csv", "user,item\n", r"hdr.csv: no interactions"),
+    ("dupcol.csv", "user,user,item\n1,2,3\n", r"dupcol.csv:1: duplicate column names \['user'\]"),
+    ("short.csv", "user,item,timestamp\n1,2,3\n1,2\n", r"short.csv:3: expected at least 3 columns, found 2"),
+    ("emptyid.csv", "user,item\n1,\n", r"emptyid.csv:2: empty item id"),
+    ("frac.jsonl", '{"user": 1, "item": 2.5}\n', r"frac.jsonl:1: item id 2.5 is not an integer"),
+    ("bool.jsonl", '{"user": true, "item": 2}\n', r"bool.jsonl:1: user id must be text or an integer, found True"),
+    ("notobj.jsonl", '{"user": 1, "item": 2}\n[1, 2]\n', r"notobj.jsonl:2: expected a JSON object"),
+    ("nokey.jsonl", '{"user": 1, "item": 2}\n{"user": 1}\n', r"nokey.jsonl:2: no 'item' field"),
+    ("notime.jsonl", '{"user": 1, "item": 2, "ts": 5}\n{"user": 1, "item": 3}\n', r"notime.jsonl:2: no 'ts' field"),
+    ("badjson.json", '[{"user": 1, "item": 2},\n', r"badjson.json:2: not valid JSON"),
+    ("catalog.json", '{"m1": {"title": "x"}}', r"looks like a catalog .* pass it as --catalog"),
+    ("seqlen.jsonl", '{"user": 1, "items": [1, 2], "time": [5]}\n', r"seqlen.jsonl:1: 2 items need a list of 2"),
+    ("latin.csv", "user,item\n1,caf\xe9\n", r"latin.csv:2: not valid utf-8 text .*--encoding"),
+])
+def test_read_interactions_errors_name_file_row_and_fix(tmp_path, name, text, match):
+    from neo.items.datasets import read_interactions
+
+    p = tmp_path / name
+    from neo.core.errors import NeoDataError
+
+    p.write_bytes(text.encode("latin-1")) if "\xe9" in text else p.write_text(text)
+    with pytest.raises(NeoDataError, match=match) as ei:
+        read_interactions(p)
+    assert "\n" not in str(ei.value)  # one line: the command prints it as is
+
+
+def test_read_interactions_parquet_schema_errors(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from neo.core.errors import NeoDataError
+    from neo.items.datasets import read_interactions
+
+    p = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"user": ["u"], "item": ["a"], "timestamp": pa.array([[1, 2]])}), p)
+    inter = read_interactions(p, time_col="none")
+    assert _seqs(inter) == {"u": ["a"]}
+    pq.write_table(pa.table({"user": ["u"], "item": ["a"], "timestamp": pa.array([True])}), p)
+    with pytest.raises(DatasetError, match=r"column 'timestamp' \(the time column\) has type bool.*wrong schema"):
+        read_interactions(p)
+    pq.write_table(pa.table({"user": pa.array([], pa.string()), "item": pa.array([], pa.string())}), p)
+    with pytest.raises(DatasetError, match="0 rows"):
+        read_interactions(p)
+    p.write_bytes(b"PAR1 this is not really parquet")
+    with pytest.raises(NeoDataError, match="not a readable Parquet file"):
+        read_interactions(p)
+
+
+def test_load_user_dataset_infers_the_target_type_and_events_round_trip(tmp_path):
+    from neo.items.datasets import load_user_dataset
+    from neo.training.tasks import load_interactions
+
+    c = _jl(tmp_path / "c.jsonl", [{"id": "m1", "type": "movie", "title": "A"}, {"id": "m2", "type": "movie",
+                                   "title": "B"}, {"id": "t1", "type": "tag", "title": "funny"}])
+    e = tmp_path / "e.csv"
+    e.write_text("user,item,time\nu,m2,2\nu,m1,1\nv,m1,3\n")
+    ds = load_user_dataset(e, c)
+    assert ds.target_type == "movie" and ds.candidate_rows().tolist() == [0, 1]
+    assert ds.interactions.item_ids == ds.catalog.ids
+    ev = ds.interactions.as_events()
+    assert ev == {"u": [("m1", 1), ("m2", 2)], "v": [("m1", 3)]}
+    tasks_inter = load_interactions(ev, ds.catalog, min_length=1)
+    assert tasks_inter.users == ["u", "v"] and tasks_inter.rows[0].tolist() == [0, 1]
+    assert load_user_dataset(e, c, target_type="tag").target_type == "tag"
+    with pytest.raises(DatasetError, match="not an item type of the catalog"):
+        load_user_dataset(e, c, target_type="book")
+
+
+def test_read_codes_every_layout(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from neo.items.datasets import read_codes
+
+    want = {"a": [3, 1, 4], "b": [1, 5, 9]}
+    (tmp_path / "index.json").write_text(json.dumps({"a": ["<a_3>", "<b_1>", "<c_4>"], "b": ["<a_1>", "<b_5>",
+                                                                                            "<c_9>"]}))
+    (tmp_path / "ints.json").write_text(json.dumps(want))
+    (tmp_path / "c.csv").write_text("item_id,codes\na,3 1 4\nb,<a_1><b_5><c_9>\n")
+    (tmp_path / "levels.tsv").write_text("id\tc0\tc1\tc2\na\t3\t1\t4\nb\t1\t5\t9\n")
+    (tmp_path / "c.jsonl").write_text('{"id": "a", "sid": [3, 1, 4]}\n{"id": "b", "sid": [1, 5, 9]}\n')
+    pq.write_table(pa.table({"asin": ["a", "b"], "codes": [[3, 1, 4], [1, 5, 9]]}), tmp_path / "c.parquet")
+    for f in ("index.json", "ints.json", "c.csv", "levels.tsv", "c.jsonl", "c.parquet"):
+        assert read_codes(tmp_path / f) == want, f
+    cat = load_catalog_jsonl(_jl(tmp_path / "cat.jsonl", [{"id": "a", "title": "A"}, {"id": "b", "title": "B"},
+                                                          {"id": "z", "title": "Z"}]))
+    with pytest.raises(DatasetError, match=r"1 catalog item\(s\) have no codes, e.g. \['z'\]"):
+        read_codes(tmp_path / "c.csv", catalog=cat)
+    (tmp_path / "bad.csv").write_text("id,codes\na,3 1 4\na,1 2 3\nb,x\n")
+    with pytest.raises(DatasetError, match=r"bad.csv:3: item 'a' has codes twice \(first at bad.csv:2\)"):
+        read_codes(tmp_path / "bad.csv")
+    (tmp_path / "bad.csv").write_text("id,codes\na,3 1 4\nb,none\n")
+    with pytest.raises(DatasetError, match=r"bad.csv:3: no codes in 'none'"):
+        read_codes(tmp_path / "bad.csv")
+    (tmp_path / "unk.json").write_text(json.dumps({"a": [1], "b": [2], "z": [3], "q": [4]}))
+    with pytest.raises(DatasetError, match=r"unk.json item 'q': item 'q' is not in the catalog"):
+        read_codes(tmp_path / "unk.json", catalog=cat)

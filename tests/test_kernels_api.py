@@ -64,7 +64,7 @@ def test_kernels_compile_for_sm90():
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     r = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "compiled 5 kernels" in r.stdout
+    assert "compiled 6 kernels" in r.stdout
 
 
 def _compile_all():
@@ -75,6 +75,10 @@ def _compile_all():
         logits_ptr="*bf16", bitmask_ptr="*i32", indices_ptr="*i32", ncols=i32, n_words=i32,
         logits_stride=i32, bitmask_stride=i32, HAS_INDICES="constexpr", BLOCK="constexpr"),
         dict(HAS_INDICES=True, BLOCK=4096), 8)
+    assert "cubin" in k.asm
+    k = _compile(bitmask._scatter_bands_kernel, dict(
+        bitmask_ptr="*i32", band_ptr="*i64", bandmap_ptr="*i32", W=i32, NB=i32, bitmask_stride=i32,
+        bandmap_stride=i32, NBP="constexpr"), dict(NBP=16), 1)
     assert "cubin" in k.asm
     k = _compile(sampling._sample_kernel, dict(
         logits_ptr="*fp16", bitmask_ptr="*i32", temp_ptr="*fp32", topk_ptr="*i64", topp_ptr="*fp32",
@@ -103,7 +107,7 @@ def _compile_all():
     k = _compile(trie._trie_step_kernel, sig, dict(LP=4, KP=256, NWP=8, LOG_E=7, LOG_A=5,
                                                    HAS_EXCL=True, HAS_ALLOW=True))
     assert "cubin" in k.asm
-    print("compiled 5 kernels")
+    print("compiled 6 kernels")
 
 
 if __name__ == "__main__":

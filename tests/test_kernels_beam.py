@@ -110,3 +110,25 @@ def test_bad_arguments():
         beam_topk(x, torch.zeros(4), torch.zeros(4, dtype=torch.long), bm.long(), 2, 2)
     with pytest.raises(ValueError, match="k must"):
         beam_topk(x, torch.zeros(4), torch.zeros(4, dtype=torch.long), bm, 0, 2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shared_lse_and_logsumexp_rows(device):
+    """beam_topk with a precomputed log-sum-exp equals beam_topk computing it; logsumexp_rows matches torch."""
+    from neo.kernels import logsumexp_rows
+
+    g = torch.Generator().manual_seed(5)
+    x, sc, bs, bm = _case(g, 3, 2, 2100, 2)
+    x[0, 7] = float("nan")
+    x[1] = float("-inf")  # an all -inf row: lse -inf, no candidates
+    ref_lse = torch.logsumexp(torch.where(torch.isnan(x), torch.full_like(x, float("-inf")), x), 1)
+    for backend in ("torch", "triton"):
+        lse = logsumexp_rows(x.to(device), backend=backend).cpu()
+        torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+        a = beam_topk(x.to(device), sc.to(device), bs.to(device), bm.to(device), 4, 2, backend=backend)
+        b = beam_topk(x.to(device), sc.to(device), bs.to(device), bm.to(device), 4, 2, backend=backend,
+                      lse=lse.to(device))
+        torch.testing.assert_close(a[0].cpu(), b[0].cpu(), atol=1e-5, rtol=1e-5)
+        assert torch.equal(a[1].cpu(), b[1].cpu()) and torch.equal(a[2].cpu(), b[2].cpu())
+    with pytest.raises(ValueError, match="lse"):
+        beam_topk(x, sc, bs, bm, 4, 2, lse=torch.zeros(5))

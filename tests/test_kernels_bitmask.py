@@ -119,3 +119,53 @@ def test_one_dim_inputs_and_errors():
         apply_token_bitmask_inplace(torch.zeros(2, 40), torch.zeros(2, 2, dtype=torch.int32),
                                     backend="cuda")
     assert unpack_bitmask(torch.tensor([[-1]], dtype=torch.int32), 33).sum() == 32
+
+
+# ---------------------------------------------------------------------------------- scatter_bands_
+def _bits(row_words, ncols):
+    return {t for t in range(ncols) if (int(row_words[t // 32]) >> (t % 32)) & 1}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("W,NB", [(1, 1), (4, 1), (5, 2), (9, 3)])
+def test_scatter_bands_matches_reference_and_oracle(device, W, NB):
+    """OR semantics, any bit offset (0, 1, 31, ...), bands running past the mask, no band, sign bits."""
+    from neo.kernels import scatter_bands_
+
+    g = torch.Generator().manual_seed(W * 10 + NB)
+    R = 12
+    base = _rand_mask(g, R, W)
+    base[::2] = 0
+    bm = _rand_mask(g, R, NB)
+    bm[3] = -1  # every bit, sign bits included
+    bm[4] = 0
+    bm[4, 0] = -2**31  # only bit 31
+    starts = [0, 1, 31, 32, 33, 32 * W - 1, 32 * W, -1, 5, 63, 32 * W - 32 * NB, 7]
+    bs = torch.tensor([min(s, 40 * W) for s in starts], dtype=torch.int64)
+    ref = base.clone()
+    scatter_bands_(ref, bs, bm, backend="torch")
+    got = base.clone().to(device)
+    scatter_bands_(got, bs.to(device), bm.to(device), backend="triton")
+    assert torch.equal(got.cpu(), ref)
+    for r in range(R):
+        want = _bits(base[r], 32 * W)
+        if bs[r] >= 0:
+            want |= {int(bs[r]) + c for c in range(32 * NB) if (int(bm[r, c // 32]) >> (c % 32)) & 1
+                     and int(bs[r]) + c < 32 * W}
+        assert _bits(ref[r], 32 * W) == want, r
+
+
+def test_scatter_bands_errors_and_band_to_bitmask_without_nonzero():
+    from neo.kernels import band_to_bitmask, scatter_bands_
+
+    with pytest.raises(ValueError, match="bitmask must be int32"):
+        scatter_bands_(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.zeros(2, 1, dtype=torch.int32))
+    with pytest.raises(ValueError, match="band_start"):
+        scatter_bands_(torch.zeros(2, 3, dtype=torch.int32), torch.zeros(3, dtype=torch.long),
+                       torch.zeros(2, 1, dtype=torch.int32))
+    with pytest.raises(ValueError, match="band_bitmap"):
+        scatter_bands_(torch.zeros(2, 3, dtype=torch.int32), torch.zeros(2, dtype=torch.long),
+                       torch.zeros(2, 1, dtype=torch.int64))
+    # a band past the vocabulary: bits at tokens >= vocab_size never set
+    full = band_to_bitmask(torch.tensor([60]), torch.tensor([[-1]], dtype=torch.int32), 70)
+    assert sorted(_bits(full[0], 96)) == list(range(60, 70))

@@ -1,5 +1,6 @@
 """Residual k-means SIDs: planted clusters recovered, determinism, collision policies, several types,
-token layout mapping, bad input, save/load round trip."""
+token layout mapping, bad input, save/load round trip; balanced k-means (size bound, determinism, no
+collisions), the collision warning, and SemanticIds.from_codes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import torch
 
 from neo.items.catalog import Catalog
 from neo.core.layout import TokenLayout
-from neo.items.sids import SemanticIds, build_sids, default_sid_config
+from neo.items.sids import SemanticIds, SidCollisionWarning, build_sids, default_sid_config
+
+# most tests build deliberately small codebooks; the warning itself is tested below
+pytestmark = pytest.mark.filterwarnings("ignore::neo.items.sids.SidCollisionWarning")
 
 
 def planted(n_per: int, n_clusters: int, dim: int = 16, seed: int = 0, spread: float = 0.05):
@@ -180,16 +184,25 @@ def test_several_types_different_levels_and_token_ids(two_types):
 
 
 def test_default_config_and_end_to_end_tfidf():
+    # standard k-means: K^L >= 8n (the old default gave 1,000 items 2 x 32 = 1,024 leaves)
+    assert default_sid_config(1000) == (3, 32)
     assert default_sid_config(1475) == (3, 32)
     assert default_sid_config(9742) == (3, 64)
     assert default_sid_config(100_000) == (3, 128)
     assert default_sid_config(1_000_000) == (3, 256)
-    assert default_sid_config(10_000_000) == (3, 256)
+    assert default_sid_config(10_000_000) == (4, 256)
     assert default_sid_config(100_000_000) == (4, 256)
     assert default_sid_config(1) == (1, 1)
-    assert default_sid_config(2) == (1, 4)
+    assert default_sid_config(2) == (2, 4)
     assert default_sid_config(1000, levels=2) == (2, 128)
-    assert default_sid_config(1000, codebook_size=10) == (3, 10)
+    assert default_sid_config(1000, codebook_size=10) == (4, 10)
+    for n in (2, 60, 1000, 9742, 100_000, 10_000_000):
+        L, k = default_sid_config(n)
+        assert k ** L >= 8 * n
+    # balanced k-means: the smallest codebook whose capacity bound allows one item per leaf
+    assert default_sid_config(1000, balance=1.1) == (3, 16)
+    assert default_sid_config(9742, balance=1.1) == (3, 32)
+    assert default_sid_config(10_000_000, balance=1.1) == (3, 256)
     words = ["space", "alien", "love", "paris", "war", "horse"]
     recs = [{"id": f"i{i}", "type": "movie" if i % 3 else "book",
              "title": f"{words[i % 6]} {words[(i * 7) % 6]} story {i % 5}"} for i in range(90)]
@@ -263,3 +276,247 @@ def test_semantic_ids_validates_its_arrays():
     with pytest.raises(ValueError, match="catalog row 2 has 0 SIDs"):
         SemanticIds(codes={"a": np.array([[0], [1]])}, **{**kw, "rows": {"a": np.arange(2)},
                                                             "reachable": {"a": np.ones(2, bool)}})
+
+
+# ============================================================================ balanced k-means
+
+
+def skewed(n_big: int = 300, n_small: int = 20, dim: int = 8, seed: int = 0):
+    """One dense blob holding most items plus a few small far clusters: standard k-means crowds the
+    blob's near-duplicates into shared leaves."""
+    rng = np.random.default_rng(seed)
+    big = 0.05 * rng.normal(size=(n_big, dim))
+    small = [rng.normal(size=dim) * 3 + 0.1 * rng.normal(size=(n_small, dim)) for _ in range(4)]
+    return np.concatenate([big] + small).astype(np.float32)
+
+
+def assert_within_bound(codes: np.ndarray, balance: float, effective: list[int]) -> None:
+    """Every (parent prefix, code) pair holds at most max(1, ceil(balance * parent size / K'))."""
+    n, L = codes.shape
+    for lvl in range(L):
+        parent = [tuple(r) for r in codes[:, :lvl].tolist()]
+        size: dict = {}
+        for p in parent:
+            size[p] = size.get(p, 0) + 1
+        cnt: dict = {}
+        for p, c in zip(parent, codes[:, lvl].tolist()):
+            cnt[(p, c)] = cnt.get((p, c), 0) + 1
+        for (p, c), v in cnt.items():
+            cap = max(1, int(np.ceil(balance * size[p] / effective[lvl] - 1e-9)))
+            assert v <= cap, f"level {lvl}, prefix {p}, code {c}: {v} items > bound {cap}"
+
+
+@pytest.mark.parametrize("balance", [1.0, 1.1, 1.5])
+def test_balanced_cluster_sizes_within_bound_and_deterministic(balance):
+    x = skewed()
+    cat = make_catalog(["a"] * x.shape[0])
+    kw = dict(levels=3, codebook_size=8, balance=balance, sample_size=150)  # fit on a sample, assign all
+    a = build_sids(cat, x, seed=3, **kw)
+    b = build_sids(cat, x, seed=3, **kw)
+    np.testing.assert_array_equal(a.codes["a"], b.codes["a"])
+    for ca, cb in zip(a.codebooks["a"], b.codebooks["a"]):
+        np.testing.assert_array_equal(ca, cb)
+    rep = a.report["types"]["a"]
+    base = a.codes["a"][:, : rep["base_levels"]]
+    assert_within_bound(base, balance, rep["fit"]["effective_codebook_sizes"])
+    # level 0 over the whole type: max/mean reported and within the bound
+    n = x.shape[0]
+    assert rep["per_level"][0]["max_cluster"] <= int(np.ceil(balance * n / 8))
+    assert rep["per_level"][0]["balance"] == pytest.approx(rep["per_level"][0]["max_cluster"] / (n / 8))
+    assert rep["kmeans"]["method"] == "balanced" and a.report["balance"] == balance
+
+
+def test_balanced_removes_collisions_that_standard_keeps():
+    x = skewed()
+    cat = make_catalog(["a"] * x.shape[0])
+    std = build_sids(cat, x, levels=2, codebook_size=32)
+    bal = build_sids(cat, x, levels=2, codebook_size=32, balance=1.0)
+    rs, rb = std.report["types"]["a"], bal.report["types"]["a"]
+    assert rs["collisions"]["collision_rate"] > 0.2  # the dense blob collides under nearest-centroid codes
+    assert rb["collisions"]["collision_rate"] == 0.0 and not bal.extra_level["a"]
+    assert rb["kmeans"]["leaf_bound"] == 1 and rb["items_per_leaf"]["max"] == 1
+    assert rb["per_level"][0]["balance"] <= rs["per_level"][0]["balance"]
+    # structure survives: each far cluster of 20 stays on the 2 first codes its size needs (cap 12)
+    first = bal.codes["a"][:, 0]
+    for c in range(4):
+        assert np.unique(first[300 + 20 * c: 320 + 20 * c]).size == 2
+    assert "a leaf holds at most 1 item" in str(bal.report)
+    # default sizes for balanced k-means: collision-free by construction
+    d = build_sids(cat, x, balance=1.1)
+    assert d.report["types"]["a"]["collisions"]["collision_rate"] == 0.0
+
+
+def test_balanced_several_types_and_bad_balance(two_types):
+    cat, x, labels = two_types
+    sids = build_sids(cat, x, levels={"movie": 2, "tag": 2}, codebook_size={"movie": 8, "tag": 4}, balance=1.0)
+    for t in cat.type_names:
+        c = sids.codes[t]
+        assert np.bincount(c[:, 0]).max() <= int(np.ceil(c.shape[0] / sids.codebook_sizes[t][0]))
+        # 200 planted items in 8 clusters of 25 over 8 codes: balanced keeps them apart exactly
+        if t == "movie":
+            lab = labels[sids.rows[t]]
+            assert all(np.unique(c[lab == k, 0]).size == 1 for k in np.unique(lab))
+    for bad in (0.9, float("nan"), "1.1", True):
+        with pytest.raises(ValueError, match="balance must be a number >= 1"):
+            build_sids(cat, x, balance=bad)
+
+
+def test_capacitated_assignment_respects_capacity_with_groups():
+    from neo.items.sids import _capacitated_assign
+
+    rng = np.random.default_rng(0)
+    n, k = 500, 6
+    d = rng.random((n, k)).astype(np.float32)
+    d[:, 0] *= 0.1  # every row prefers centroid 0
+    group = rng.integers(0, 7, size=n)
+    cap = np.maximum(1, np.ceil(1.0 * np.bincount(group) / k)).astype(np.int64)
+    order = np.argsort(d, axis=1, kind="stable")
+    m = 2  # short candidate lists force the greedy fallback for many rows
+    a = _capacitated_assign(order[:, :m].astype(np.int32), np.take_along_axis(d, order[:, :m], 1), group, cap, k,
+                            lambda rows: d[rows], 64)
+    assert (a >= 0).all() and (a < k).all()
+    cnt = np.zeros((7, k), dtype=np.int64)
+    np.add.at(cnt, (group, a), 1)
+    assert (cnt <= cap[:, None]).all()
+    # with room for everyone (cap = group size) everyone gets their nearest centroid
+    a2 = _capacitated_assign(order[:, :m].astype(np.int32), np.take_along_axis(d, order[:, :m], 1), group,
+                             np.bincount(group).astype(np.int64), k, lambda rows: d[rows], 64)
+    np.testing.assert_array_equal(a2, order[:, 0])
+
+
+# ============================================================================ collision warning
+
+
+def test_collision_warning_names_rate_and_a_codebook_that_fixes_it():
+    x = skewed()
+    cat = make_catalog(["a"] * x.shape[0])
+    with pytest.warns(SidCollisionWarning) as rec:
+        s = build_sids(cat, x, levels=2, codebook_size=8)
+    msg = str(rec[0].message)
+    rate = s.report["types"]["a"]["collisions"]["collision_rate"]
+    assert f"collision rate {rate:.1%}" in msg and "2 levels of 8x8 codes" in msg and "balance=1.1" in msg
+    import re
+
+    k = int(re.search(r"codebook_size=(\d+)", msg).group(1))
+    assert k > 8
+    # following the advice removes the collisions (and the warning)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SidCollisionWarning)
+        fixed = build_sids(cat, x, levels=2, codebook_size=k, balance=1.1)
+    assert fixed.report["types"]["a"]["collisions"]["collision_rate"] == 0.0
+    # a threshold above the rate, or None, stays silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SidCollisionWarning)
+        build_sids(cat, x, levels=2, codebook_size=8, warn_collision_rate=None)
+        build_sids(cat, x, levels=2, codebook_size=8, warn_collision_rate=min(1.0, rate + 0.01))
+    with pytest.raises(ValueError, match="warn_collision_rate must be in"):
+        build_sids(cat, x, warn_collision_rate=2.0)
+
+
+# ============================================================================ from_codes
+
+
+def test_from_codes_round_trip(two_types, tmp_path):
+    cat, x, _ = two_types
+    built = build_sids(cat, x, levels=2, codebook_size=4)  # collisions: a disambiguation level is added
+    assert all(built.extra_level.values())
+    per_type = {t: built.codes[t][:, :2] for t in cat.type_names}  # base codes only
+    s = SemanticIds.from_codes(cat, per_type, codebook_size=4)
+    for t in cat.type_names:
+        np.testing.assert_array_equal(s.codes[t], built.codes[t])
+        np.testing.assert_array_equal(s.rows[t], cat.rows_of_type(t))
+        assert s.codebook_sizes[t] == built.codebook_sizes[t]
+        np.testing.assert_array_equal(s.resolve(t, s.codes[t]), s.rows[t])
+    # the same codes as one (N, L) array in catalog row order, and shuffled with ids
+    full = np.zeros((len(cat), 2), dtype=np.int64)
+    for t in cat.type_names:
+        full[built.rows[t]] = built.codes[t][:, :2]
+    s2 = SemanticIds.from_codes(cat, full, codebook_size=4)
+    perm = np.random.default_rng(0).permutation(len(cat))
+    s3 = SemanticIds.from_codes(cat, full[perm], ids=[cat.ids[i] for i in perm], codebook_size=4)
+    for t in cat.type_names:
+        np.testing.assert_array_equal(s2.codes[t], s.codes[t])
+        np.testing.assert_array_equal(s3.codes[t], s.codes[t])
+    assert s.report["types"]["movie"]["source"].startswith("given codes")
+    s.save(tmp_path / "s")
+    back = SemanticIds.load(tmp_path / "s")
+    np.testing.assert_array_equal(back.codes["tag"], s.codes["tag"])
+
+
+def test_from_codes_collisions_both_ways():
+    pop = np.array([5.0, 9.0, 1.0, 7.0, 3.0, 2.0])
+    cat = make_catalog(["a"] * 6, popularity=pop)
+    codes = np.array([[0, 1], [0, 1], [0, 1], [2, 0], [2, 0], [1, 1]])
+    with pytest.warns(SidCollisionWarning, match=r"collision rate 50.0% \(3 of its 6 items need a disambiguation code; "
+                                                     r"5 share their base codes"):
+        s = SemanticIds.from_codes(cat, codes)
+    assert s.extra_level["a"] and s.codebook_sizes["a"] == (3, 2, 3)  # K from max code + 1; 3 in a group
+    # items 0, 1, 2 share (0, 1): most popular (1) gets 0, then 0, then 2
+    assert s.codes["a"][[1, 0, 2], 2].tolist() == [0, 1, 2]
+    assert s.codes["a"][[3, 4], 2].tolist() == [0, 1] and s.codes["a"][5, 2] == 0
+    assert s.reachable["a"].all()
+    col = s.report["types"]["a"]["collisions"]
+    assert col["collision_rate"] == pytest.approx(3 / 6) and col["max_group_size"] == 3
+    p = SemanticIds.from_codes(cat, codes, collisions="popular", warn_collision_rate=None)
+    assert not p.extra_level["a"] and p.codes["a"].shape == (6, 2)
+    assert p.reachable["a"].tolist() == [False, True, False, True, False, True]
+    assert p.report["types"]["a"]["collisions"]["n_unreachable"] == 3
+
+
+def test_from_codes_bad_codes_name_the_row(two_types):
+    cat, x, _ = two_types
+    n = len(cat)
+    good = np.zeros((n, 2), dtype=np.int64)
+    good[:, 0] = np.arange(n) % 16
+    good[:, 1] = np.arange(n) // 16
+    r = 17
+    with pytest.raises(ValueError, match="must be 2-D"):
+        SemanticIds.from_codes(cat, good[:, 0])
+    with pytest.raises(ValueError, match="different lengths"):
+        SemanticIds.from_codes(cat, [[0, 1], [0]] + [[0, 1]] * (n - 2))
+    bad = good.copy()
+    bad[r, 1] = -3
+    with pytest.raises(ValueError, match=rf"row {r} \(item '{cat.ids[r]}', catalog row {r}\), level 1 holds the negative"):
+        SemanticIds.from_codes(cat, bad)
+    bad = good.astype(float)
+    bad[r, 0] = 2.5
+    with pytest.raises(ValueError, match=rf"row {r} .*holds 2.5, not an integer"):
+        SemanticIds.from_codes(cat, bad)
+    with pytest.raises(ValueError, match=rf"code 1 of item '{cat.ids[16]}' \(catalog row 16.*outside the codebook \[0, 1\)"):
+        SemanticIds.from_codes(cat, good, codebook_size=[16, 1])
+    with pytest.raises(ValueError, match=f"codes has {n - 1} rows but there are {n} catalog items"):
+        SemanticIds.from_codes(cat, good[:-1])
+    with pytest.raises(ValueError, match=r"unknown item type\(s\) \['book'\]"):
+        SemanticIds.from_codes(cat, {"book": good})
+    with pytest.raises(ValueError, match=r"types names unknown item type\(s\) \['book'\]"):
+        SemanticIds.from_codes(cat, good, types=["book"])
+    with pytest.raises(ValueError, match="codes\\['movie'\\] has 3 rows but the catalog has 200 items"):
+        SemanticIds.from_codes(cat, {"movie": good[:3], "tag": good[:60]})
+    with pytest.raises(ValueError, match=r"no codes for item type\(s\) \['tag'\]"):
+        SemanticIds.from_codes(cat, {"movie": good[:200]})
+    with pytest.raises(ValueError, match="above the largest codebook"):
+        SemanticIds.from_codes(cat, good + 70000)
+    ids = list(cat.ids)
+    with pytest.raises(ValueError, match="codes row 3: item id 'nope' is not in the catalog"):
+        SemanticIds.from_codes(cat, good, ids=ids[:3] + ["nope"] + ids[4:])
+    with pytest.raises(ValueError, match=f"codes rows 0 and 1 are both for item '{ids[0]}'"):
+        SemanticIds.from_codes(cat, good, ids=[ids[0]] + ids[:-1])
+    with pytest.raises(ValueError, match="unknown collision policy"):
+        SemanticIds.from_codes(cat, good, collisions="drop")
+
+
+def test_from_codes_for_some_types_builds_the_rest(two_types):
+    cat, x, labels = two_types
+    movies = cat.rows_of_type("movie")
+    given = np.stack([np.arange(movies.size) % 8, np.arange(movies.size) // 8], 1)
+    s = SemanticIds.from_codes(cat, given, types=["movie"], embeddings=x,
+                                build_options={"levels": 2, "codebook_size": 4, "balance": 1.0})
+    np.testing.assert_array_equal(s.codes["movie"], given)
+    assert s.codebook_sizes["movie"] == (8, 25)
+    assert s.report["types"]["tag"]["source"].startswith("built from embeddings")
+    assert s.codes["tag"].shape[0] == 60 and s.reachable_mask().all()
+    # tags built from their own rows of the embeddings: planted tag clusters share first codes
+    lab = labels[s.rows["tag"]]
+    assert all(np.unique(s.codes["tag"][lab == k, 0]).size == 1 for k in np.unique(lab))

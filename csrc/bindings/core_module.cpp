@@ -24,29 +24,53 @@ std::string shape_str(const py::array& a) {
   return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
-// A C-contiguous int64 copy/view of an integer array-like of the given ndim; names `what` on error.
+constexpr int kAligned = py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+
+bool is_aligned(const py::array& a) { return (a.flags() & kAligned) != 0; }
+
+// `a` as a C-contiguous, aligned, native-endian array of T (a view when it already is one, else a
+// converted copy), so the core can read it as a plain T[]; names `what` on failure.
+template <class T>
+py::array_t<T> c_aligned(const py::array& a, const char* what) {
+  auto out = py::reinterpret_steal<py::array_t<T>>(py::detail::npy_api::get().PyArray_FromAny_(
+      a.ptr(), py::dtype::of<T>().release().ptr(), 0, 0,
+      py::detail::npy_api::NPY_ARRAY_ENSUREARRAY_ | py::array::c_style | py::array::forcecast | kAligned, nullptr));
+  if (!out) {
+    PyErr_Clear();
+    type_error(std::string(what) + " could not be converted to " + std::string(py::str(py::dtype::of<T>())));
+  }
+  return out;
+}
+
+// A C-contiguous, aligned int64 copy/view of an integer array-like of the given ndim; names `what`
+// on error. Floats, booleans and objects are refused (a token id of 2.5 or True is a bug upstream).
 py::array_t<int64_t> as_int64(const py::handle& obj, const char* what, int ndim) {
   py::array a = py::array::ensure(obj);
-  if (!a) type_error(std::string(what) + " must be an integer array, got " + std::string(py::str(py::type::of(obj))));
+  if (!a) {
+    PyErr_Clear();
+    type_error(std::string(what) + " must be an integer array, got " + std::string(py::str(py::type::of(obj))));
+  }
   const char kind = a.dtype().kind();
-  if (kind != 'i' && kind != 'u' && !(kind == 'b' && false))
+  if (kind != 'i' && kind != 'u')
     type_error(std::string(what) + " must have an integer dtype, got " + std::string(py::str(a.dtype())));
   if (ndim >= 0 && a.ndim() != ndim)
     value_error(std::string(what) + " must be " + std::to_string(ndim) + "-D, got shape " + shape_str(a));
   if (kind == 'u' && a.dtype().itemsize() == 8) {
     // uint64 values above int64 max would wrap: reject them explicitly.
-    auto u = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(a);
-    auto p = u.data();
+    auto u = c_aligned<uint64_t>(a, what);
+    const uint64_t* p = u.data();
     for (py::ssize_t i = 0; i < u.size(); ++i)
       if (p[i] > uint64_t(INT64_MAX)) value_error(std::string(what) + " has a value beyond int64");
   }
-  return py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+  return c_aligned<int64_t>(a, what);
 }
 
 py::array_t<int32_t> as_int32_checked(const py::handle& obj, const char* what, int ndim) {
-  if (py::isinstance<py::array_t<int32_t>>(obj)) {  // already int32: no copy, no range check needed
+  if (py::isinstance<py::array_t<int32_t>>(obj)) {  // native int32 already: no copy, no range check needed
     auto a = py::reinterpret_borrow<py::array>(obj);
-    if ((a.flags() & py::array::c_style) && (ndim < 0 || a.ndim() == ndim)) return py::reinterpret_borrow<py::array_t<int32_t>>(obj);
+    if ((a.flags() & py::array::c_style) && is_aligned(a) && (ndim < 0 || a.ndim() == ndim))
+      return py::reinterpret_borrow<py::array_t<int32_t>>(obj);
   }
   auto a64 = as_int64(obj, what, ndim);
   const int64_t* p = a64.data();
@@ -57,6 +81,13 @@ py::array_t<int32_t> as_int32_checked(const py::handle& obj, const char* what, i
   int32_t* q = out.mutable_data();
   for (py::ssize_t i = 0; i < a64.size(); ++i) q[i] = static_cast<int32_t>(p[i]);
   return out;
+}
+
+// A file path for the core: NUL bytes would silently cut it short in open().
+std::string checked_path(const std::string& path) {
+  if (path.find('\0') != std::string::npos) value_error("index path contains a NUL byte");
+  if (path.empty()) value_error("index path is empty");
+  return path;
 }
 
 neo::OutputFormat parse_format(const std::string& f) {
@@ -117,6 +148,7 @@ PYBIND11_MODULE(_core, m) {
               auto tok = as_int32_checked(tokens[t], name.c_str(), 2);
               std::string rname = "item_rows[" + std::to_string(t) + "]";
               auto rows = as_int32_checked(item_rows[t], rname.c_str(), 1);
+              if (tok.shape(1) > INT32_MAX) value_error(name + " has too many columns");
               if (rows.shape(0) != tok.shape(0))
                 value_error(rname + " has " + std::to_string(rows.shape(0)) + " entries but " + name + " has " + std::to_string(tok.shape(0)) + " rows");
               neo::TypeInput in;
@@ -136,15 +168,17 @@ PYBIND11_MODULE(_core, m) {
       .def_static(
           "load",
           [](const std::string& path, bool mmap) {
+            const std::string p = checked_path(path);
             py::gil_scoped_release nogil;
-            return std::shared_ptr<SidIndex>(SidIndex::load(path, mmap));
+            return std::shared_ptr<SidIndex>(SidIndex::load(p, mmap));
           },
           py::arg("path"), py::arg("mmap") = false)
       .def(
           "save",
           [](const SidIndex& self, const std::string& path) {
+            const std::string p = checked_path(path);
             py::gil_scoped_release nogil;
-            self.save(path);
+            self.save(p);
           },
           py::arg("path"))
       .def_property_readonly("num_types", &SidIndex::num_types)
@@ -194,6 +228,7 @@ PYBIND11_MODULE(_core, m) {
             auto tok = as_int32_checked(tokens, "tokens", 2);
             if (t != -1) check_type(s, t);
             const int64_t n = tok.shape(0), L = tok.shape(1);
+            if (L > INT32_MAX) value_error("tokens has too many columns");
             py::array_t<int32_t> out(n);
             const int32_t* p = tok.data();
             int32_t* q = out.mutable_data();
@@ -287,14 +322,33 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "fill_next_token_bitmask",
           [](BatchDecodeState& s, py::array bitmask, py::object indices, bool incremental) {
-            if (bitmask.dtype().kind() != 'i' || bitmask.dtype().itemsize() != 4)
-              type_error("bitmask must be int32, got " + std::string(py::str(bitmask.dtype())));
+            // Every property the core relies on is checked here, so it never writes outside the
+            // words this array view owns: dtype (native int32), 2-D, width, writeable, aligned,
+            // words contiguous within a row, rows not overlapping (any row pitch, either sign).
+            if (!py::isinstance<py::array_t<int32_t>>(bitmask))
+              type_error("bitmask must be a native-endian int32 array, got dtype " + std::string(py::str(bitmask.dtype())));
             if (bitmask.ndim() != 2) value_error("bitmask must be 2-D (rows, words), got shape " + shape_str(bitmask));
-            if (!bitmask.writeable()) value_error("bitmask must be writable");
-            if (bitmask.strides(1) != 4 || bitmask.strides(0) % 4 != 0 || bitmask.strides(0) < 4 * bitmask.shape(1))
-              value_error("bitmask rows must be contiguous int32 words (strides " + std::to_string(bitmask.strides(0)) + ", " +
-                          std::to_string(bitmask.strides(1)) + ")");
-            if (bitmask.shape(1) > INT32_MAX / 2) value_error("bitmask is too wide");
+            const int64_t rows = bitmask.shape(0), width = bitmask.shape(1);
+            if (width < s.mask_words())
+              value_error("bitmask has " + std::to_string(width) + " words per row; the vocabulary of " +
+                          std::to_string(s.index().layout().vocab_size) + " tokens needs " + std::to_string(s.mask_words()) +
+                          " (allocate shape (rows, " + std::to_string(s.mask_words()) + "))");
+            if (width > INT32_MAX) value_error("bitmask is too wide (" + std::to_string(width) + " words per row)");
+            if (!(bitmask.flags() & kWriteable)) value_error("bitmask must be writable (got a read-only array)");
+            int64_t pitch = width;  // in int32 words
+            if (rows > 0) {
+              if (!is_aligned(bitmask)) value_error("bitmask data is not aligned to 4 bytes");
+              if (width > 1 && bitmask.strides(1) != 4)
+                value_error("bitmask words must be contiguous within a row (column stride " + std::to_string(bitmask.strides(1)) +
+                            " bytes, expected 4); pass a C-contiguous array or a slice of contiguous columns");
+              if (rows > 1) {
+                const int64_t st = bitmask.strides(0);
+                if (st % 4 != 0 || (st < 0 ? -st : st) < 4 * width)
+                  value_error("bitmask rows overlap or are misaligned (row stride " + std::to_string(st) + " bytes for " +
+                              std::to_string(width) + " words per row)");
+                pitch = st / 4;
+              }
+            }
             py::array_t<int64_t> idx;
             const int64_t* ip = nullptr;
             int64_t n = 0;
@@ -303,14 +357,10 @@ PYBIND11_MODULE(_core, m) {
               ip = idx.data();
               n = idx.size();
             }
-            int32_t* data = static_cast<int32_t*>(bitmask.mutable_data());
-            const int64_t rows = bitmask.shape(0), width = bitmask.shape(1), pitch = bitmask.strides(0) / 4;
-            if (width < s.mask_words())
-              value_error("bitmask has " + std::to_string(width) + " words per row; the vocabulary needs " + std::to_string(s.mask_words()));
+            int32_t* data = rows > 0 ? static_cast<int32_t*>(bitmask.mutable_data()) : nullptr;
             py::gil_scoped_release nogil;
-            // Write `width` words per row (the rest of a padded pitch is not ours to touch).
-            s.fill_bitmask(data, rows, pitch, ip, n, incremental);
-            (void)width;
+            // Writes exactly `width` words of each row; the rest of a longer pitch is the caller's.
+            s.fill_bitmask(data, rows, width, pitch, ip, n, incremental);
           },
           py::arg("bitmask"), py::arg("indices") = py::none(), py::arg("incremental") = false)
       .def(

@@ -238,27 +238,29 @@ void BatchDecodeState::set_children_bits(const Row& row, int32_t t, int64_t node
   }
 }
 
-void BatchDecodeState::fill_row(Row& row, int32_t* out, int32_t stride, bool incremental) const {
+void BatchDecodeState::fill_row(Row& row, int32_t* out, int32_t width, bool incremental) const {
+  // Writes exactly out[0, width): width >= words_ (checked by fill_bitmask).
   if (row.status == RowStatus::kText) {
     const std::vector<int32_t>& m = row.format == OutputFormat::kIds    ? text_mask_ids_
                                     : row.format == OutputFormat::kText ? text_mask_text_
                                                                         : text_mask_mixed_;
     std::memcpy(out, m.data(), size_t(words_) * 4);
-    if (stride > words_) std::memset(out + words_, 0, size_t(stride - words_) * 4);
+    if (width > words_) std::memset(out + words_, 0, size_t(width - words_) * 4);
     const int32_t open = index_->layout().open_id;
     if (row.format != OutputFormat::kText && !can_open_span(row))
       out[open >> 5] &= ~static_cast<int32_t>(uint32_t{1} << (open & 31));
     row.last_mask_row = out;
+    row.last_mask_width = width;
     row.dirty_lo = 0;
-    row.dirty_hi = stride;
+    row.dirty_hi = words_;  // words past the vocabulary are 0
     return;
   }
-  if (incremental && row.last_mask_row == out) {
+  if (incremental && row.last_mask_row == out && row.last_mask_width == width) {
     if (row.dirty_hi > row.dirty_lo) std::memset(out + row.dirty_lo, 0, size_t(row.dirty_hi - row.dirty_lo) * 4);
   } else {
-    std::memset(out, 0, size_t(stride) * 4);
+    std::memset(out, 0, size_t(width) * 4);
   }
-  int32_t lo = stride, hi = 0;
+  int32_t lo = width, hi = 0;
   if (row.status == RowStatus::kSpan) {
     if (row.type < 0) {
       for (int32_t t = 0; t < index_->num_types(); ++t)
@@ -272,21 +274,39 @@ void BatchDecodeState::fill_row(Row& row, int32_t* out, int32_t stride, bool inc
     for (int32_t tok : eos_ids_) set_bit(out, tok, &lo, &hi);
   }
   row.last_mask_row = out;
+  row.last_mask_width = width;
   row.dirty_lo = std::min(lo, hi);
   row.dirty_hi = hi;
 }
 
-void BatchDecodeState::fill_bitmask(int32_t* bitmask, int64_t bitmask_rows, int64_t stride, const int64_t* rows, int64_t n,
-                                    bool incremental) {
-  if (stride < words_) throw InvalidArgument("bitmask has " + std::to_string(stride) + " words per row; the vocabulary needs " + std::to_string(words_));
+void BatchDecodeState::fill_bitmask(int32_t* bitmask, int64_t bitmask_rows, int64_t width, int64_t pitch,
+                                    const int64_t* rows, int64_t n, bool incremental) {
+  if (width < words_)
+    throw InvalidArgument("bitmask has " + std::to_string(width) + " words per row; the vocabulary of " + std::to_string(vocab_) +
+                          " tokens needs " + std::to_string(words_) + " (shape (rows, " + std::to_string(words_) + "))");
+  if (width > INT32_MAX) throw InvalidArgument("bitmask is too wide (" + std::to_string(width) + " words per row)");
+  if (bitmask_rows < 0) throw InvalidArgument("bitmask_rows must be >= 0, got " + std::to_string(bitmask_rows));
+  if (bitmask_rows > 1 && (pitch < 0 ? -pitch : pitch) < width)
+    throw InvalidArgument("bitmask rows overlap: row pitch " + std::to_string(pitch) + " words is less than the width " +
+                          std::to_string(width));
+  if (rows && n < 0) throw InvalidArgument("indices: negative length");
   const int64_t count = rows ? n : num_rows();
   if (!rows && bitmask_rows < num_rows())
     throw InvalidArgument("bitmask has " + std::to_string(bitmask_rows) + " rows but the state has " + std::to_string(num_rows()));
-  if (rows)
-    for (int64_t i = 0; i < n; ++i)
+  if (rows) {
+    // Distinct rows: two workers must never write one bitmask row (and one Row's bookkeeping).
+    std::vector<uint8_t> seen(size_t(num_rows()), 0);
+    for (int64_t i = 0; i < n; ++i) {
       if (rows[i] < 0 || rows[i] >= num_rows() || rows[i] >= bitmask_rows)
         throw InvalidArgument("indices[" + std::to_string(i) + "] = " + std::to_string(rows[i]) + " out of range for " +
                               std::to_string(num_rows()) + " state rows and " + std::to_string(bitmask_rows) + " bitmask rows");
+      if (seen[size_t(rows[i])]++)
+        throw InvalidArgument("indices[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
+                              " repeats an earlier index; each row may be filled once per call");
+    }
+  }
+  if (count == 0) return;
+  if (!bitmask) throw InvalidArgument("bitmask is null");
   // Rows sit at unrelated trie nodes: on a 10M-item trie each one is a cache miss on child_begin
   // and another on the children's codes. Prefetch both a few rows ahead (the second depends on
   // the first, hence two distances) so the misses overlap instead of adding up.
@@ -302,6 +322,7 @@ void BatchDecodeState::fill_bitmask(int32_t* bitmask, int64_t bitmask_rows, int6
     }
   };
   constexpr int64_t kFar = 8, kNear = 4;
+  const int32_t w32 = static_cast<int32_t>(width);
   auto work = [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < std::min(e, b + kFar); ++i) prefetch(i, false);
     for (int64_t i = b; i < std::min(e, b + kNear); ++i) prefetch(i, true);
@@ -309,7 +330,7 @@ void BatchDecodeState::fill_bitmask(int32_t* bitmask, int64_t bitmask_rows, int6
       if (i + kFar < e) prefetch(i + kFar, false);
       if (i + kNear < e) prefetch(i + kNear, true);
       const int64_t r = rows ? rows[i] : i;
-      fill_row(rows_[r], bitmask + r * stride, static_cast<int32_t>(stride), incremental);
+      fill_row(rows_[r], bitmask + r * pitch, w32, incremental);
     }
   };
   if (num_threads_ == 1 || count < kParallelMinRows) work(0, count);
@@ -429,6 +450,7 @@ void BatchDecodeState::reorder(const int64_t* src, int64_t n) {
     // The bitmask row i still holds what old row i wrote there, whatever row moved in.
     if (i < num_rows()) {
       next[i].last_mask_row = rows_[i].last_mask_row;
+      next[i].last_mask_width = rows_[i].last_mask_width;
       next[i].dirty_lo = rows_[i].dirty_lo;
       next[i].dirty_hi = rows_[i].dirty_hi;
     } else {
@@ -443,7 +465,7 @@ bool BatchDecodeState::is_allowed(int64_t r, int64_t token) const {
   if (token < 0 || token >= vocab_) return false;
   Row copy = rows_[r];
   std::vector<int32_t> mask(static_cast<size_t>(words_), 0);
-  fill_row(copy, mask.data(), words_, false);
+  fill_row(copy, mask.data(), words_, false);  // the copy's bookkeeping is discarded
   return (uint32_t(mask[token >> 5]) >> (token & 31)) & 1u;
 }
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <numeric>
@@ -27,6 +28,15 @@ std::shared_ptr<void> own_vector(std::vector<T>&& v, ArrayView<T>* view) {
 }
 
 std::string fmt_type(int32_t t) { return "type " + std::to_string(t); }
+
+const char* file_kind(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO (named pipe)";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  return "a special file";
+}
 
 int bits_for(int32_t k) {
   int b = 1;
@@ -526,9 +536,15 @@ struct MappedFile {
 }  // namespace
 
 std::shared_ptr<SidIndex> SidIndex::load(const std::string& path, bool use_mmap) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw FormatError("cannot open index file '" + path + "': " + std::strerror(errno));
+  // Check the file type before opening: open() blocks forever on a FIFO with no writer, and a
+  // device or socket is never an index. O_NONBLOCK covers a path swapped for a FIFO in between
+  // (it has no effect on reads of a regular file); fstat then re-checks what was opened.
   struct stat st;
+  if (::stat(path.c_str(), &st) != 0) throw FormatError("cannot open index file '" + path + "': " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode))
+    throw FormatError("index path '" + path + "' is " + file_kind(st.st_mode) + ", not a regular file");
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) throw FormatError("cannot open index file '" + path + "': " + std::strerror(errno));
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
     throw FormatError("index path '" + path + "' is not a regular file");
@@ -556,6 +572,7 @@ std::shared_ptr<SidIndex> SidIndex::load(const std::string& path, bool use_mmap)
     size_t got = 0;
     while (got < size) {
       ssize_t r = ::read(fd, reinterpret_cast<uint8_t*>(buf->data()) + got, size - got);
+      if (r < 0 && errno == EINTR) continue;
       if (r <= 0) break;
       got += size_t(r);
     }

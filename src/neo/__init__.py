@@ -104,11 +104,29 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "scoring": (".scoring", None),
     "bench": (".bench", None),
     "cli": (".cli", None),
+    "SystemFormatError": (".lm.system", "SystemFormatError"),
+    "SidCollisionWarning": (".items.sids", "SidCollisionWarning"),
+    "collaborative_embeddings": (".items.collaborative", "collaborative_embeddings"),
+    "hybrid_embeddings": (".items.collaborative", "hybrid_embeddings"),
+    "sid_embeddings": (".items.collaborative", "sid_embeddings"),
+    "read_interactions": (".items.datasets", "read_interactions"),
+    "read_codes": (".items.datasets", "read_codes"),
+    "build_system": (".training.build", "build_system"),
+    "BuildConfig": (".training.build", "BuildConfig"),
     "NeoDataError": (".core.errors", "NeoDataError"),
 }
 
 __all__ = [
     "NeoDataError",
+    "SystemFormatError",
+    "SidCollisionWarning",
+    "collaborative_embeddings",
+    "hybrid_embeddings",
+    "sid_embeddings",
+    "read_interactions",
+    "read_codes",
+    "build_system",
+    "BuildConfig",
     "TokenLayout",
     "TypeBands",
     "SidIndex",
@@ -206,6 +224,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .core.errors import NeoDataError
+    from .items.collaborative import collaborative_embeddings, hybrid_embeddings, sid_embeddings
+    from .items.datasets import read_codes, read_interactions
+    from .items.sids import SidCollisionWarning
+    from .lm.system import SystemFormatError
+    from .training.build import BuildConfig, build_system
     from .core.bitmask import allocate_token_bitmask, apply_token_bitmask_inplace, bitmask_to_bool, get_bitmask_shape
     from .core.index import DecodeState, IndexFormatError, RowStatus, SidIndex
     from .core.layout import TokenLayout, TypeBands

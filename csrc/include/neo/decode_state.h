@@ -47,8 +47,10 @@ struct Row {
   std::shared_ptr<const RowFilter> filter;       // base + emitted exclusions
   std::vector<int32_t> emitted;                  // item rows completed so far
   std::string error;
-  // Incremental fill bookkeeping: which words of which bitmask row we last wrote non-zero.
+  // Incremental fill bookkeeping: which words of which bitmask row (of which width) we last wrote
+  // non-zero. A different row pointer or width means a full rewrite.
   const int32_t* last_mask_row = nullptr;
+  int32_t last_mask_width = 0;
   int32_t dirty_lo = 0, dirty_hi = 0;
 };
 
@@ -66,12 +68,16 @@ class BatchDecodeState {
   void reset(const int64_t* rows, int64_t n);  // rows == nullptr: all rows
 
   // Writes the allowed-token mask of state row r into bitmask row r (or of rows[i] into bitmask
-  // row rows[i]). `stride` is the bitmask row pitch in int32 words (>= mask_words()); words past
-  // the vocabulary are written 0. With `incremental`, a row whose previous mask is still in this
-  // buffer only rewrites what changed (the SID band inside spans): the caller must not modify the
-  // bitmask between calls.
-  void fill_bitmask(int32_t* bitmask, int64_t bitmask_rows, int64_t stride, const int64_t* rows, int64_t n,
-                    bool incremental);
+  // row rows[i]; the rows must be distinct). Bitmask row b starts at bitmask + b * pitch and exactly
+  // words [0, width) of it are written (width >= mask_words(); words past the vocabulary are
+  // written 0); the words between width and pitch belong to the caller and are never touched.
+  // |pitch| >= width is required when bitmask_rows > 1 (a negative pitch walks rows backwards, as
+  // a reversed numpy view does). An empty batch is a no-op. With
+  // `incremental`, a row whose previous mask is still in this buffer (same row pointer and width)
+  // only rewrites what changed (the SID band inside spans): the caller must not modify the bitmask
+  // between calls. Throws InvalidArgument (nothing written) on a bad geometry or bad rows.
+  void fill_bitmask(int32_t* bitmask, int64_t bitmask_rows, int64_t width, int64_t pitch, const int64_t* rows,
+                    int64_t n, bool incremental);
   // Advances state row r by tokens[r] (or rows[i] by tokens[i]); completed[i] receives the item row
   // whose span just closed, else -1.
   void advance(const int64_t* tokens, const int64_t* rows, int64_t n, int32_t* completed);
@@ -83,7 +89,7 @@ class BatchDecodeState {
   bool is_allowed(int64_t r, int64_t token) const;
 
  private:
-  void fill_row(Row& row, int32_t* out, int32_t stride, bool incremental) const;
+  void fill_row(Row& row, int32_t* out, int32_t width, bool incremental) const;
   int32_t advance_row(Row& row, int64_t token) const;
   void set_error(Row& row, std::string msg) const;
   bool child_offered(const Row& row, int32_t t, int64_t child, int32_t depth) const;

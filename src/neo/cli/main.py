@@ -19,6 +19,7 @@ __all__ = ["main", "COMMANDS", "build_parser"]
 #: command name -> module of neo.cli (in the order ``neo --help`` lists them)
 COMMANDS = {
     "demo": "demo",
+    "build": "build",
     "train": "train",
     "eval": "eval",
     "bench": "bench",

@@ -24,6 +24,8 @@ import os
 import sys
 from typing import Any, Sequence
 
+from ._data_args import add_interaction_args
+
 __all__ = ["add_parser", "run", "parse_training_args"]
 
 HELP = "staged training of a saved system (align: new SID rows only; instruct: the tasks)"
@@ -92,12 +94,8 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ())
     p.add_argument("stage", choices=["align", "instruct"],
                    help="align: train only the SID rows of the embeddings and LM head; instruct: the task mixture")
     p.add_argument("--system", required=True, help="a saved neo system directory (NeoSystem.save)")
-    p.add_argument("--interactions", help="CSV with user, item and timestamp columns (needed by instruct)")
-    p.add_argument("--user-col", default="userId", help="user column of --interactions (default userId)")
-    p.add_argument("--item-col", default="movieId", help="item column of --interactions (default movieId)")
-    p.add_argument("--time-col", default="timestamp", help="time column of --interactions (default timestamp)")
-    p.add_argument("--item-id", default="movie:{}",
-                   help="format string turning the item column into catalog ids (default 'movie:{}')")
+    add_interaction_args(p, help="user-item interactions (needed by instruct), items named as in the system's "
+                                 "catalog; CSV, TSV, JSONL, JSON or Parquet, read as neo build and neo eval read them")
     p.add_argument("--split", default="leave_one_out", choices=["leave_one_out", "temporal"],
                    help="how interactions are split so that validation/test targets never train (default "
                         "leave_one_out)")
@@ -143,12 +141,12 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ())
 
 def _load_split(a: argparse.Namespace, catalog: Any) -> Any:
     """The interactions of ``--interactions`` split so that validation and test targets never train."""
-    import pandas as pd
-
     from ..training.tasks import load_interactions, split_interactions
+    from ._data_args import describe_interactions, load_interactions as read_interactions_file
 
-    inter = load_interactions(pd.read_csv(a.interactions), catalog, user_col=a.user_col, item_col=a.item_col,
-                              time_col=a.time_col, item_id=a.item_id, on_missing="skip")
+    events = read_interactions_file(a, catalog)
+    print(describe_interactions(events))
+    inter = load_interactions(events.as_events(), catalog)
     return split_interactions(inter, a.split, seed=a.seed)
 
 

@@ -17,9 +17,12 @@ __all__ = ["get_bitmask_shape", "allocate_token_bitmask", "apply_token_bitmask_i
 
 def get_bitmask_shape(batch_size: int, vocab_size: int) -> tuple[int, int]:
     """``(batch_size, ceil(vocab_size / 32))``."""
+    from .layout import as_int
+
+    batch_size, vocab_size = as_int(batch_size, "batch_size"), as_int(vocab_size, "vocab_size")
     if batch_size < 0 or vocab_size <= 0:
         raise ValueError(f"need batch_size >= 0 and vocab_size > 0, got {batch_size}, {vocab_size}")
-    return (int(batch_size), (int(vocab_size) + 31) // 32)
+    return (batch_size, (vocab_size + 31) // 32)
 
 
 def allocate_token_bitmask(batch_size: int, vocab_size: int, *, device: str | torch.device = "cpu",

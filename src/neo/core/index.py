@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .. import _core
-from .layout import TokenLayout, TypeBands
+from .layout import TokenLayout, TypeBands, as_int, as_int_array
 
 __all__ = ["SidIndex", "DecodeState", "IndexFormatError", "RowStatus"]
 
@@ -53,6 +53,23 @@ def _to_numpy(x: Any, what: str) -> np.ndarray:
     a = np.asarray(x)
     if a.size == 0 and a.dtype.kind == "f":  # [] defaults to float64; an empty id list is fine
         a = a.astype(np.int64)
+    return a
+
+
+def _int_array(x: Any, what: str) -> np.ndarray:
+    """:func:`_to_numpy` that refuses non-integers (floats, booleans) with a ``TypeError``."""
+    return as_int_array(_to_numpy(x, what), what)
+
+
+def _id_list(x: Any, what: str) -> np.ndarray:
+    """An int64 (n,) array of token ids from an int, an iterable of ints, an array or a tensor."""
+    if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
+        return np.asarray([int(x)], dtype=np.int64)
+    if not isinstance(x, np.ndarray) and not type(x).__module__.startswith("torch"):
+        x = list(x)
+    a = _int_array(x, what)
+    if a.ndim != 1:
+        raise ValueError(f"{what} must be a flat list of token ids, got shape {a.shape}")
     return a
 
 
@@ -105,7 +122,7 @@ class SidIndex:
             rows = cls._per_type(layout, item_rows, "item_rows")
         toks = []
         for ti, t in enumerate(tokens):
-            a = _to_numpy(t, f"sid_tokens[{layout.types[ti].name!r}]")
+            a = _int_array(t, f"sid_tokens[{layout.types[ti].name!r}]")
             if a.size == 0 and a.ndim != 2:
                 a = a.reshape(0, layout.types[ti].levels)
             if a.ndim != 2 or a.shape[1] != layout.types[ti].levels:
@@ -120,7 +137,7 @@ class SidIndex:
             [list(t.band_starts) for t in layout.types],
             [list(t.codebook_sizes) for t in layout.types],
             toks,
-            [_to_numpy(r, "item_rows") for r in rows],
+            [_int_array(r, f"item_rows[{layout.types[ti].name!r}]") for ti, r in enumerate(rows)],
         )
         return cls(core, layout)
 
@@ -157,7 +174,8 @@ class SidIndex:
         Raises
         ------
         IndexFormatError
-            Missing, truncated, corrupted (checksum) or wrong-version file.
+            Missing, truncated, corrupted (checksum) or wrong-version file, or a path that is not a
+            regular file (a FIFO, directory, device or socket fails at once; it never blocks).
         ValueError
             The file's layout disagrees with ``layout``.
         """
@@ -210,7 +228,7 @@ class SidIndex:
             Item row, or -1 where no item has that SID.
         """
         t = -1 if type_ is None else self.layout.type_index(type_)
-        return self._core.lookup(_to_numpy(sid_tokens, "sid_tokens"), t)
+        return self._core.lookup(_int_array(sid_tokens, "sid_tokens"), t)
 
     def contains(self, sid_tokens: Any, type_: int | str | None = None) -> np.ndarray:
         """Boolean (M,): whether each SID names an item."""
@@ -218,11 +236,11 @@ class SidIndex:
 
     def item_tokens(self, item_rows: Any) -> tuple[np.ndarray, np.ndarray]:
         """SIDs of items: ``(types int32 (M,), tokens int32 (M, max L))`` padded with -1."""
-        return self._core.item_tokens(_to_numpy(item_rows, "item_rows"))
+        return self._core.item_tokens(_int_array(item_rows, "item_rows"))
 
     def children(self, type_: int | str, node: int) -> np.ndarray:
         """Token ids (ascending) of the children of internal node ``node`` of a type."""
-        return self._core.children(self.layout.type_index(type_), node)
+        return self._core.children(self.layout.type_index(type_), as_int(node, "node"))
 
     def arrays(self, type_: int | str) -> dict[str, np.ndarray]:
         """Zero-copy read-only views of a type's flat trie arrays (layout in ``csrc/README.md``):
@@ -260,6 +278,10 @@ class DecodeState:
     allow-list, whether items emitted in this answer are excluded from the rest of it, and an item
     limit. A token that breaks the rules never raises: that row enters the sticky ERROR status and
     :meth:`error` says why.
+
+    Every token id, item row, row index and count given to this class must be an integer (Python
+    or numpy ints, integer arrays or tensors): floats such as ``2.5`` (or ``2.0``) and booleans raise
+    ``TypeError`` rather than being truncated.
     """
 
     def __init__(
@@ -272,8 +294,8 @@ class DecodeState:
     ):
         self.index = index
         self._core = _core.DecodeState(
-            index._core, int(num_rows), np.asarray(list(eos_token_ids), dtype=np.int64),
-            np.asarray(list(separator_token_ids), dtype=np.int64), int(num_threads),
+            index._core, as_int(num_rows, "num_rows"), _id_list(eos_token_ids, "eos_token_ids"),
+            _id_list(separator_token_ids, "separator_token_ids"), as_int(num_threads, "num_threads"),
         )
 
     @property
@@ -315,11 +337,14 @@ class DecodeState:
         """
         types = None
         if allowed_types is not None:
+            if isinstance(allowed_types, (str, int, np.integer)):
+                allowed_types = [allowed_types]  # one type given bare
             types = np.asarray([self.index.layout.type_index(t) for t in allowed_types], dtype=np.int64)
-        ex = None if exclude is None else _to_numpy(exclude, "exclude")
-        al = None if allow is None else _to_numpy(allow, "allow")
+        ex = None if exclude is None else _int_array(exclude, "exclude")
+        al = None if allow is None else _int_array(allow, "allow")
         self._core.set_row_options(
-            int(row), format, types, ex, al, bool(exclude_emitted), -1 if max_items is None else int(max_items)
+            as_int(row, "row"), format, types, ex, al, bool(exclude_emitted),
+            -1 if max_items is None else as_int(max_items, "max_items"),
         )
 
     def fill_next_token_bitmask(self, bitmask: Any, indices: Any = None, *, incremental: bool = False) -> None:
@@ -329,16 +354,28 @@ class DecodeState:
         ----------
         bitmask : int32 array or CPU tensor (rows, W), W >= ceil(vocab/32)
             Packed bitmask; bit j of word w is token 32*w + j, 1 = allowed. Row r of the state is
-            written to row r. Words past the vocabulary are set to 0.
+            written to row r. Words past the vocabulary are set to 0. Any view works whose words
+            are contiguous within a row (e.g. a column slice ``big[:, k:k + W]`` of a wider array,
+            or rows at any stride): exactly its W words per row are written, nothing around them.
+            An empty batch (0 state rows) is a no-op.
         indices : int array, optional
-            Only these state rows (each into the same bitmask row).
+            Only these state rows (each into the same bitmask row); they must be distinct.
         incremental : bool
             Rewrite only what changed since this buffer was last filled (inside a span only the SID
             band): much faster, but the caller must not modify ``bitmask`` between calls.
+
+        Raises
+        ------
+        TypeError
+            ``bitmask`` is not native int32, or ``indices`` are not integers.
+        ValueError
+            Fewer than ceil(vocab/32) words per row (the message says how many), a read-only or
+            misaligned array, words not contiguous within a row, overlapping rows, too few rows,
+            or indices out of range or repeated.
         """
         arr = _to_numpy(bitmask, "bitmask")
-        idx = None if indices is None else _to_numpy(indices, "indices")
-        self._core.fill_next_token_bitmask(arr, idx, incremental)
+        idx = None if indices is None else _int_array(indices, "indices")
+        self._core.fill_next_token_bitmask(arr, idx, bool(incremental))
 
     def advance(self, tokens: Any, indices: Any = None) -> np.ndarray:
         """Advance every row (or ``indices``) by one token.
@@ -353,16 +390,16 @@ class DecodeState:
         np.ndarray int32
             Per given row: the item row whose span this token closed, else -1.
         """
-        idx = None if indices is None else _to_numpy(indices, "indices")
-        return self._core.advance(_to_numpy(tokens, "tokens").reshape(-1), idx)
+        idx = None if indices is None else _int_array(indices, "indices")
+        return self._core.advance(_int_array(tokens, "tokens").reshape(-1), idx)
 
     def reorder(self, src: Any) -> None:
         """New row i becomes a copy of old row ``src[i]`` (beam search); ``len(src)`` rows after."""
-        self._core.reorder(_to_numpy(src, "src"))
+        self._core.reorder(_int_array(src, "src"))
 
     def reset(self, rows: Any = None) -> None:
         """Rows (default all) back to TEXT with their options; emitted items and errors cleared."""
-        self._core.reset(None if rows is None else _to_numpy(rows, "rows"))
+        self._core.reset(None if rows is None else _int_array(rows, "rows"))
 
     @property
     def status(self) -> np.ndarray:
@@ -376,7 +413,7 @@ class DecodeState:
 
     def error(self, row: int) -> str:
         """Why a row is in ERROR status ("" otherwise)."""
-        return self._core.error(int(row))
+        return self._core.error(as_int(row, "row"))
 
     def errors(self) -> dict[int, str]:
         """All rows in ERROR status with their reasons."""
@@ -384,8 +421,8 @@ class DecodeState:
 
     def emitted(self, row: int) -> np.ndarray:
         """int32: item rows completed by this row so far, in order."""
-        return self._core.emitted(int(row))
+        return self._core.emitted(as_int(row, "row"))
 
     def is_allowed(self, row: int, token: int) -> bool:
         """Whether ``token`` is allowed in ``row`` now (same rules as the mask)."""
-        return self._core.is_allowed(int(row), int(token))
+        return self._core.is_allowed(as_int(row, "row"), as_int(token, "token"))

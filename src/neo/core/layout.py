@@ -14,11 +14,72 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["TypeBands", "TokenLayout"]
+__all__ = ["TypeBands", "TokenLayout", "as_int", "as_int_array"]
+
+
+def as_int(value: Any, what: str) -> int:
+    """``value`` as a Python ``int``, refusing anything that is not already an integer.
+
+    Accepts ``int``, numpy integers and 0-d integer arrays/tensors. A float (``2.5``, even ``2.0``),
+    a boolean, a string or ``None`` raises ``TypeError`` naming ``what``: a token id, row or count
+    that is not an integer is a bug upstream, and truncating it would hide that bug.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be an integer, got the boolean {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "dtype") and hasattr(value, "item"):
+        dt = value.dtype  # a 0-d numpy array or torch tensor
+        if isinstance(dt, np.dtype):
+            integer = dt.kind in "iu"
+        else:
+            integer = not (dt.is_floating_point or dt.is_complex) and str(dt) != "torch.bool"
+        if integer:
+            return int(value.item())
+    raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
+
+
+def as_int_array(values: Any, what: str) -> np.ndarray:
+    """``values`` (an array or a (nested) list) as a numpy integer array, refusing non-integers.
+
+    Integer arrays pass through without a copy; an empty list becomes ``int64``; lists of Python
+    ints too large for numpy's default become ``int64`` (``ValueError`` if they do not fit).
+
+    Raises
+    ------
+    TypeError
+        Floats (even integral ones such as ``2.0``), booleans or other objects, naming ``what``.
+    """
+    a = values if isinstance(values, np.ndarray) else np.asarray(values)
+    kind = a.dtype.kind
+    if kind in "iu":
+        return a
+    if a.size == 0 and not isinstance(values, np.ndarray) and kind == "f":
+        return a.astype(np.int64)  # [] defaults to float64; an empty id list is fine
+    if kind == "O":
+        flat = a.reshape(-1).tolist()
+        bad = [v for v in flat if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))][:1]
+        if not bad:
+            try:
+                return np.asarray(a.tolist(), dtype=np.int64)
+            except OverflowError:
+                raise ValueError(f"{what} has a value that does not fit int64") from None
+        raise TypeError(f"{what} must hold integers, got {type(bad[0]).__name__} {bad[0]!r}")
+    if kind == "b":
+        raise TypeError(f"{what} must have an integer dtype, got bool; pass ids (e.g. np.flatnonzero(mask)), not a mask")
+    flat = a.reshape(-1)
+    if kind == "f" and flat.size:
+        odd = flat[~np.isfinite(flat) | (np.mod(flat, 1) != 0)]
+        flat = odd if odd.size else flat
+    example = flat[0].item() if flat.size else None
+    raise TypeError(
+        f"{what} must have an integer dtype, got {a.dtype}" + (f" (e.g. {example!r})" if example is not None else "")
+        + "; convert exact integer values explicitly, e.g. with .astype(np.int64)"
+    )
 
 
 @dataclass(frozen=True)
@@ -68,10 +129,14 @@ class TokenLayout:
     """
 
     def __init__(self, vocab_size: int, open_id: int, close_id: int, types: Sequence[TypeBands]):
-        self.vocab_size = int(vocab_size)
-        self.open_id = int(open_id)
-        self.close_id = int(close_id)
-        self.types: tuple[TypeBands, ...] = tuple(types)
+        self.vocab_size = as_int(vocab_size, "vocab_size")
+        self.open_id = as_int(open_id, "open_id")
+        self.close_id = as_int(close_id, "close_id")
+        self.types: tuple[TypeBands, ...] = tuple(
+            TypeBands(t.name, tuple(as_int(k, f"type {t.name!r} codebook size") for k in t.codebook_sizes),
+                      tuple(as_int(b, f"type {t.name!r} band start") for b in t.band_starts))
+            for t in types
+        )
         self._validate()
 
     # ------------------------------------------------------------------ construction
@@ -95,22 +160,23 @@ class TokenLayout:
             Round the total vocabulary up to a multiple of this (GPU-friendly embedding sizes);
             padded ids are ordinary (never-generated) text ids.
         """
+        base_vocab_size = as_int(base_vocab_size, "base_vocab_size")
         if base_vocab_size < 0:
             raise ValueError(f"base_vocab_size must be >= 0, got {base_vocab_size}")
         if not codebook_sizes:
             raise ValueError("codebook_sizes is empty: a layout needs at least one item type")
-        nxt = int(base_vocab_size)
+        nxt = base_vocab_size
         open_id, close_id = nxt, nxt + 1
         nxt += 2
         types = []
         for name, sizes in codebook_sizes.items():
-            sizes = tuple(int(k) for k in sizes)
+            sizes = tuple(as_int(k, f"codebook size of type {name!r}") for k in sizes)
             starts = []
             for k in sizes:
                 starts.append(nxt)
                 nxt += k
             types.append(TypeBands(str(name), sizes, tuple(starts)))
-        m = max(1, int(pad_to_multiple_of))
+        m = max(1, as_int(pad_to_multiple_of, "pad_to_multiple_of"))
         vocab = -(-nxt // m) * m
         return cls(vocab, open_id, close_id, types)
 
@@ -155,7 +221,10 @@ class TokenLayout:
         return [t.name for t in self.types]
 
     def type_index(self, type_: int | str) -> int:
-        """Index of a type given by name or index; raises ``KeyError`` naming the known types."""
+        """Index of a type given by name or index; raises ``KeyError`` naming the known types and
+        ``TypeError`` for anything but a name or an integer index."""
+        if isinstance(type_, (bool, np.bool_)) or not isinstance(type_, (str, int, np.integer)):
+            raise TypeError(f"an item type is a name or an integer index, got {type(type_).__name__} {type_!r}")
         if isinstance(type_, (int, np.integer)):
             if not 0 <= int(type_) < self.num_types:
                 raise KeyError(f"type index {type_} out of range [0, {self.num_types})")
@@ -181,7 +250,7 @@ class TokenLayout:
         Raises ``ValueError`` naming the first row and level whose code is outside ``[0, K)``.
         """
         t = self.types[self.type_index(type_)]
-        codes = np.asarray(codes)
+        codes = as_int_array(codes, f"codes of type {t.name!r}")
         if codes.ndim != 2 or codes.shape[1] != t.levels:
             raise ValueError(f"codes for type {t.name!r} must have shape (N, {t.levels}), got {codes.shape}")
         k = np.asarray(t.codebook_sizes)
@@ -196,7 +265,7 @@ class TokenLayout:
     def tokens_to_codes(self, type_: int | str, tokens: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`codes_to_tokens`; raises ``ValueError`` on tokens outside the bands."""
         t = self.types[self.type_index(type_)]
-        tokens = np.asarray(tokens)
+        tokens = as_int_array(tokens, f"tokens of type {t.name!r}")
         if tokens.ndim != 2 or tokens.shape[1] != t.levels:
             raise ValueError(f"tokens for type {t.name!r} must have shape (N, {t.levels}), got {tokens.shape}")
         codes = tokens.astype(np.int64) - np.asarray(t.band_starts)
@@ -210,6 +279,7 @@ class TokenLayout:
 
     def classify(self, token: int) -> tuple[int, int] | None:
         """``(type_index, level)`` of a SID code token, or ``None`` for any other token."""
+        token = as_int(token, "token")
         for ti, t in enumerate(self.types):
             for lvl, (s, k) in enumerate(zip(t.band_starts, t.codebook_sizes)):
                 if s <= token < s + k:
@@ -232,12 +302,13 @@ class TokenLayout:
     def from_dict(cls, d: Mapping) -> "TokenLayout":
         try:
             types: Iterable[TypeBands] = [
-                TypeBands(str(t["name"]), tuple(int(k) for k in t["codebook_sizes"]), tuple(int(s) for s in t["band_starts"]))
-                for t in d["types"]
+                TypeBands(str(t["name"]), tuple(t["codebook_sizes"]), tuple(t["band_starts"])) for t in d["types"]
             ]
-            return cls(int(d["vocab_size"]), int(d["open_id"]), int(d["close_id"]), list(types))
+            return cls(d["vocab_size"], d["open_id"], d["close_id"], list(types))
         except KeyError as e:
             raise ValueError(f"token layout is missing field {e.args[0]!r}") from None
+        except TypeError as e:  # a document, not a call: a wrong value is a data error
+            raise ValueError(f"token layout has a malformed field: {e}") from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

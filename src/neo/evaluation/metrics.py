@@ -15,10 +15,21 @@ from typing import Iterable, Sequence
 import numpy as np
 
 __all__ = ["KS", "ranks_from_scores", "ranks_from_topk", "metrics_from_ranks", "hit_rate_at_k", "recall_at_k",
-           "ndcg_at_k", "search_metrics"]
+           "ndcg_at_k", "search_metrics", "history_policy"]
 
 KS = (5, 10, 30)
 _NOT_FOUND = np.iinfo(np.int64).max // 2
+
+
+def history_policy(exclude_history: bool) -> str:
+    """How a results table treats items the user already interacted with, in words.
+
+    Excluding them (neo's default, as SASRec and S3-Rec evaluate) raises every model's numbers over
+    keeping them rankable (as TIGER and most generative-retrieval papers do), so a table must say
+    which it did before its numbers are compared with a paper's."""
+    return ("history items excluded from the ranking" if exclude_history
+            else "history items kept in the ranking (rankable, as in TIGER)")
+
 
 # ============================================================================ ranking metrics
 

@@ -39,7 +39,8 @@ def evaluate_scorer(score_fn: ScoreFn, cases: EvalCases, *, candidates: np.ndarr
     candidates : np.ndarray, optional
         Item indices that may be ranked (e.g. the movies of a two-type catalog); others get ``-inf``.
     exclude_history : bool
-        Items in the case's history cannot be recommended (neo excludes history too).
+        Items in the case's history cannot be recommended (their scores become ``-inf``; a repeat of
+        the target stays rankable). ``False`` ranks them like any other item.
     """
     ks = tuple(ks)
     ranks = []
@@ -127,9 +128,9 @@ def _chunks(n: int, size: int) -> Iterable[range]:
 
 
 def neo_topk_fn(system: Any, *, target_type: str | None = None, num_beams: int = 30, prompt_k: int = 1,
-                max_history: int | None = None, template: int = 0) -> TopkFn:
+                max_history: int | None = None, template: int = 0, exclude_history: bool = True) -> TopkFn:
     """A :data:`TopkFn` backed by a neo system's constrained beam search over the first item of the
-    answer (history excluded, as for the baselines). History items are catalog rows.
+    answer. History items are catalog rows.
 
     Parameters
     ----------
@@ -139,6 +140,10 @@ def neo_topk_fn(system: Any, *, target_type: str | None = None, num_beams: int =
     max_history : int, optional
         Only the most recent items go into the prompt (the model's input window; the protocol's cap
         of 20 applies first).
+    exclude_history : bool
+        Items of the case's history cannot be ranked (the decoder excludes them), as for the
+        baselines with ``evaluate_scorer(exclude_history=True)``; ``False`` ranks them like any
+        other item (the TIGER protocol).
     """
     from ..lm.prompts import Prompt
 
@@ -148,8 +153,8 @@ def neo_topk_fn(system: Any, *, target_type: str | None = None, num_beams: int =
             h = [int(x) for x in h]
             shown = h[-max_history:] if max_history else h
             prompts.append(Prompt(task="recommend", target_types=target_type, history=shown, k=prompt_k,
-                                  template=template))
-            hidden.append(set(h) - set(shown))
+                                  template=template, exclude_history=exclude_history))
+            hidden.append(set(h) - set(shown) if exclude_history else set())
         # history items not shown in the prompt are excluded too: ask for that many more items and
         # drop them afterwards (exact: the search returns the best distinct items in order)
         extra = max((len(x) for x in hidden), default=0)

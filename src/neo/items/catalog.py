@@ -15,6 +15,7 @@ field. Nothing is dropped silently: invalid records raise :class:`CatalogError`,
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -29,8 +30,15 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..core.errors import NeoDataError
+from .formats import DataFileError, FileFormat, column_matches, detect_format, open_text
 
-__all__ = ["Catalog", "CatalogError", "Item", "LoadIssue", "LoadReport"]
+__all__ = ["Catalog", "CatalogError", "Item", "LoadIssue", "LoadReport", "ID_COLUMNS", "TYPE_COLUMNS"]
+
+#: column names recognised as the item id / item type of a catalog file (case-insensitive, in order)
+ID_COLUMNS = ("id", "item_id", "itemid", "item", "iid", "movieid", "movie_id", "asin", "parent_asin", "product_id",
+              "productid", "business_id", "artistid", "artist_id", "track_id", "song_id", "book_id", "isbn",
+              "article_id", "video_id", "sku")
+TYPE_COLUMNS = ("type", "item_type", "itemtype", "entity_type")
 
 CATALOG_FORMAT_VERSION = 1
 _RESERVED = ("id", "type", "popularity")
@@ -83,17 +91,28 @@ class LoadReport:
         return "\n".join(lines)
 
 
-class CatalogError(NeoDataError):
-    """Invalid catalog input. ``issues`` lists every problem found (location, field, message)."""
+_SKIP_HINT = "fix the record, or skip invalid records with --skip-invalid (skip_invalid=True in Python)"
 
-    def __init__(self, issues: Sequence[LoadIssue], source: str = "catalog"):
+
+class CatalogError(NeoDataError):
+    """Invalid catalog input. ``issues`` lists every problem found (location, field, message).
+
+    The first line of the message names the first problem (file, line or row, field) and the fix,
+    so the ``neo`` command can print it alone; the lines after it list every problem.
+    """
+
+    def __init__(self, issues: Sequence[LoadIssue], source: str = "catalog", fix: str | None = _SKIP_HINT):
         self.issues = list(issues)
-        head = f"{source}: {len(self.issues)} invalid record field(s)" if len(self.issues) > 1 else f"{source}: invalid record"
-        body = "\n".join(f"  - {i}" for i in self.issues[:_MAX_ISSUES_IN_MESSAGE])
-        more = len(self.issues) - _MAX_ISSUES_IN_MESSAGE
-        tail = f"\n  ... and {more} more" if more > 0 else ""
-        hint = "\n(pass skip_invalid=True to skip invalid records; they are then reported in catalog.load_report)"
-        super().__init__(f"{head}\n{body}{tail}{hint}")
+        n = len(self.issues)
+        first = str(self.issues[0]) if self.issues else f"{source}: invalid catalog"
+        more = f" (and {n - 1} more problem(s) in {source})" if n > 1 else ""
+        head = f"{first}{more}" + (f"; {fix}" if fix else "")
+        body = "\n".join(f"  - {i}" for i in self.issues[:_MAX_ISSUES_IN_MESSAGE]) if n > 1 else ""
+        rest = n - _MAX_ISSUES_IN_MESSAGE
+        tail = f"\n  ... and {rest} more" if rest > 0 else ""
+        hint = ("\n(pass skip_invalid=True to skip invalid records; they are then reported in catalog.load_report)"
+                if fix == _SKIP_HINT else "")
+        super().__init__(head + (f"\n{body}" if body else "") + tail + hint)
 
 
 @dataclass(frozen=True)
@@ -156,6 +175,24 @@ def _to_float(v: Any) -> float:
     if isinstance(v, (int, float, np.integer, np.floating)):
         return float(v)
     raise TypeError(f"expected a number, found {type(v).__name__}")
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _open_parquet(path: Path) -> Any:
+    """``pyarrow.parquet.ParquetFile`` with unreadable files reported as :class:`DataFileError`."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise DataFileError(f"{path.name}: reading Parquet needs pyarrow: pip install 'neo-sid[parquet]'") from None
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError for corrupt files
+        raise DataFileError(f"{path.name}: not a readable Parquet file ({str(e).splitlines()[0]}); "
+                            "rewrite it with pandas.DataFrame.to_parquet or pyarrow") from None
 
 
 class Catalog:
@@ -353,7 +390,8 @@ class Catalog:
             tname = None
             if _is_missing(raw_type):
                 if default_type is None:
-                    errs.append(LoadIssue(loc, type_field, "missing item type (pass default_type= for single-type data)"))
+                    errs.append(LoadIssue(loc, type_field, "missing item type (give every record one, or pass "
+                                                          "--item-type / default_type= for items without one)"))
                 else:
                     tname = default_type
             elif not isinstance(raw_type, str):
@@ -470,7 +508,8 @@ class Catalog:
     @staticmethod
     def _decode_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
         """Yield ``(line_number, text)``; undecodable bytes become lone surrogates for the validator."""
-        with open(path, "rb") as fh:
+        opener = gzip.open if _is_gzip(path) else open
+        with opener(path, "rb") as fh:
             for lineno, raw in enumerate(fh, start=1):
                 if lineno == 1 and raw.startswith(b"\xef\xbb\xbf") and encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
                     raw = raw[3:]
@@ -534,15 +573,20 @@ class Catalog:
         path = Path(path)
         name = path.name
         text = "".join(line for _, line in cls._decode_lines(path, encoding))
+        if delimiter == "::":  # ml-1m style: the csv module splits on one character only
+            text, delimiter = text.replace("::", "\x1f"), "\x1f"
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
-            raise CatalogError([LoadIssue(f"{name}:1", None, "empty file: no header row")], name) from None
+            raise CatalogError([LoadIssue(f"{name}:1", None, "empty file: no header row")], name,
+                               fix="the first line must be a header row naming the columns (id, type, title, "
+                                   "...)") from None
         header = [h.strip() for h in header]
         if len(set(header)) != len(header):
             dup = sorted({h for h in header if header.count(h) > 1})
-            raise CatalogError([LoadIssue(f"{name}:1", None, f"duplicate column names in header: {dup}")], name)
+            raise CatalogError([LoadIssue(f"{name}:1", None, f"duplicate column names in header: {dup}")], name,
+                               fix="give every column a distinct name (does the file have a header row?)")
         locs: list[str] = []
 
         def records() -> Iterator[Any]:
@@ -586,13 +630,9 @@ class Catalog:
         **kwargs
             Passed to :meth:`from_records`.
         """
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("reading Parquet needs pyarrow: pip install 'neo-sid[parquet]'") from e
         path = Path(path)
         name = path.name
-        pf = pq.ParquetFile(path)
+        pf = _open_parquet(path)
 
         def records() -> Iterator[dict]:
             for batch in pf.iter_batches(batch_size=batch_size):
@@ -613,24 +653,177 @@ class Catalog:
         return cls.from_records(df.to_dict("records"), source="dataframe", _locations=iter(labels), **kwargs)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, **kwargs: Any) -> "Catalog":
-        """Load a catalog directory written by :meth:`save`, or a ``.jsonl``/``.json``, ``.csv``/``.tsv``
-        or ``.parquet`` file (chosen by suffix; ``kwargs`` go to that loader)."""
+    def from_json(cls, path: str | os.PathLike, *, encoding: str = "utf-8", **kwargs: Any) -> "Catalog":
+        """Load a JSON file: an array of item objects, or one object mapping item id -> fields
+        (``{"12": {"title": ..., "brand": ...}}``, the LC-Rec / LETTER item file), id -> text, or
+        id -> a list of attributes (kept as the text field ``attributes``). Errors name
+        ``file record i`` (0-based) or ``file item 'id'``.
+        """
+        path = Path(path)
+        name = path.name
+        try:
+            with open_text(path, encoding) as fh:
+                data = json.load(fh)
+        except json.JSONDecodeError as e:
+            raise CatalogError([LoadIssue(f"{name}:{e.lineno}", None, f"not valid JSON ({e.msg} at column {e.colno})")],
+                               name, fix="fix the JSON, or write one JSON object per line (JSONL)") from None
+        except UnicodeDecodeError as e:
+            raise CatalogError([LoadIssue(name, None, f"not valid {encoding} text ({e.reason} at byte {e.start})")],
+                               name, fix="pass --encoding (encoding=) with the file's encoding") from None
+        id_field = kwargs.get("id_field", "id")
+        if isinstance(data, list):
+            locs = [f"{name} record {i}" for i in range(len(data))]
+            return cls.from_records(data, source=name, _locations=iter(locs), **kwargs)
+        if not isinstance(data, dict):
+            raise CatalogError([LoadIssue(name, None, f"top-level JSON is a {type(data).__name__}")], name,
+                               fix="give a JSON array of item objects or an object mapping item id -> fields")
+        recs: list[Any] = []
+        for k, v in data.items():
+            if isinstance(v, Mapping):
+                recs.append({**v, id_field: k})
+            elif isinstance(v, (list, tuple)):
+                recs.append({id_field: k, "attributes": v})
+            else:
+                recs.append({id_field: k, "title": v})
+        locs = [f"{name} item {k!r}" for k in data]
+        return cls.from_records(recs, source=name, _locations=iter(locs), **kwargs)
+
+    @staticmethod
+    def _columns(path: Path, fmt: FileFormat, encoding: str, delimiter: str | None) -> list[str] | None:
+        """Column names of a catalog file (``None`` for a JSON file, whose records name their fields)."""
+        if fmt.kind == "parquet":
+            return list(_open_parquet(path).schema_arrow.names)
+        if fmt.kind == "json":  # an array of records names its fields; an object keyed by id has no id column
+            try:
+                with open_text(path, encoding, errors="replace") as fh:
+                    data = json.load(fh)
+            except (json.JSONDecodeError, OSError):
+                return None  # from_json reports it with the line
+            if not isinstance(data, list):
+                return None
+            cols_j: dict[str, None] = {}
+            for rec in data[:100]:
+                if isinstance(rec, dict):
+                    cols_j.update(dict.fromkeys(map(str, rec)))
+            return list(cols_j)
+        try:
+            with open_text(path, encoding, errors="replace") as fh:
+                if fmt.kind == "csv":
+                    d = delimiter or fmt.delimiter or ","
+                    first = next((ln for ln in fh if ln.strip()), "")
+                    if d == "::":
+                        first, d = first.replace("::", "\x1f"), "\x1f"
+                    row = next(csv.reader([first], delimiter=d), [])
+                    return [h.strip().lstrip("\ufeff") for h in row]
+                cols: dict[str, None] = {}
+                n = 0
+                for line in fh:  # JSONL: the keys of the first records
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(rec, dict):
+                        cols.update(dict.fromkeys(map(str, rec)))
+                    n += 1
+                    if n >= 100:
+                        break
+                return list(cols)
+        except OSError as e:
+            raise DataFileError(f"{path.name}: cannot read ({e})") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, id_field: str | None = None, type_field: str | None = None,
+             text_fields: Sequence[str] | None = None, default_type: str | None = None, encoding: str = "utf-8",
+             delimiter: str | None = None, **kwargs: Any) -> "Catalog":
+        """Load a catalog directory written by :meth:`save`, or a data file in any supported format.
+
+        The format comes from the extension and the content (:func:`neo.items.formats.detect_format`):
+        CSV, TSV and other delimited text (``delimiter`` sniffed from the header line), JSONL, JSON
+        (see :meth:`from_json`), Parquet; ``.gz`` text is decompressed.
+
+        Parameters
+        ----------
+        path : path-like
+        id_field : str, optional
+            Column holding the item id. Default: ``id``, else the first of :data:`ID_COLUMNS` found
+            (``item_id``, ``movieId``, ``asin``, ...).
+        type_field : str, optional
+            Column holding the item type. Default: ``type`` (or ``item_type``) when present; without
+            one every item gets ``default_type``.
+        text_fields : sequence of str, optional
+            Text columns (default: every column but the id, type, popularity and features).
+        default_type : str, optional
+            Type of items without one (default ``"item"`` when the file has no type column).
+        encoding : str
+            Text encoding (bytes invalid in it are reported per field).
+        delimiter : str, optional
+            Field separator of delimited text (default: sniffed).
+        **kwargs
+            Passed to :meth:`from_records` (``types``, ``require_text``, ``skip_invalid``, ...).
+
+        Raises
+        ------
+        CatalogError
+            Invalid records (all listed, the first on the first line), a missing column named by an
+            option, or no id column found.
+        DataFileError
+            An empty, unreadable or unrecognisable file.
+        """
         p = Path(path)
         if p.is_dir():
             return cls._load_dir(p)
-        if not p.exists():
-            raise FileNotFoundError(f"catalog path does not exist: {p}")
-        suffix = p.suffix.lower()
-        if suffix in (".jsonl", ".json", ".ndjson"):
-            return cls.from_jsonl(p, **kwargs)
-        if suffix == ".csv":
-            return cls.from_csv(p, **kwargs)
-        if suffix == ".tsv":
-            return cls.from_csv(p, delimiter="\t", **kwargs)
-        if suffix in (".parquet", ".pq"):
-            return cls.from_parquet(p, **kwargs)
-        raise ValueError(f"cannot tell the format of {p.name!r} from its suffix; use .jsonl, .csv, .tsv or .parquet")
+        fmt = detect_format(p, allow_sequences=False)
+        name = p.name
+        cols = cls._columns(p, fmt, encoding, delimiter)
+
+        def missing(opt: str, what: str, col: str) -> CatalogError:
+            shown = cols if len(cols or []) <= 12 else (cols or [])[:12] + ["..."]
+            return CatalogError([LoadIssue(name, None, f"no {what} column {col!r}; the columns are {shown}")], name,
+                                fix=f"pass {opt} with one of them")
+
+        if cols is not None:
+            if id_field is None:
+                id_field = column_matches(cols, ID_COLUMNS)
+                if id_field is None:
+                    shown = cols if len(cols) <= 12 else cols[:12] + ["..."]
+                    raise CatalogError([LoadIssue(f"{name}:1" if fmt.kind == "csv" else name, None,
+                                                  f"no item id column among {shown}")], name,
+                                       fix="name it with --id-col NAME (id_field= in Python); a CSV/TSV catalog "
+                                           "needs a header row")
+            elif id_field not in cols:
+                raise missing("--id-col (id_field=)", "item id", id_field)
+            if type_field is None:
+                type_field = column_matches(cols, TYPE_COLUMNS)
+            elif type_field not in cols:
+                raise missing("--type-col (type_field=)", "item type", type_field)
+            for f in text_fields or []:
+                if f not in cols:
+                    raise missing("--text-cols (text_fields=)", "text", f)
+            if type_field is None and default_type is None:
+                default_type = "item"
+        kw: dict[str, Any] = dict(kwargs)
+        kw["id_field"] = id_field or "id"
+        kw["type_field"] = type_field or "type"
+        if text_fields is not None:
+            kw["text_fields"] = list(text_fields)
+        if default_type is not None:
+            kw["default_type"] = default_type
+        if fmt.kind == "jsonl":
+            cat = cls.from_jsonl(p, encoding=encoding, **kw)
+        elif fmt.kind == "json":
+            if default_type is None and type_field is None:
+                kw.setdefault("default_type", "item")
+            cat = cls.from_json(p, encoding=encoding, **kw)
+        elif fmt.kind == "csv":
+            cat = cls.from_csv(p, encoding=encoding, delimiter=delimiter or fmt.delimiter or ",", **kw)
+        else:
+            cat = cls.from_parquet(p, **kw)
+        if len(cat) == 0 and (cat.load_report is None or cat.load_report.n_read == 0):
+            raise CatalogError([LoadIssue(name, None, "no items (the file has no records)")], name,
+                               fix="add one record per item (id, type, text)")
+        return cat
 
     # ------------------------------------------------------------------ save / load directory
     def save(self, directory: str | os.PathLike) -> Path:

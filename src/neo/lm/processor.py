@@ -18,19 +18,24 @@ the generated tokens of every row from the previous call, finds each new row's p
 row whose tokens equal the new row's prefix (a 64-bit rolling hash, verified exactly), then
 ``DecodeState.reorder(parents)`` and ``advance(last tokens)``. That is right for greedy search,
 sampling, beam search (which reorders rows every step) and ``num_return_sequences`` alike, without
-access to the beam indices.
+access to the beam indices. Any other input (assisted decoding's drafts and rollbacks, skipped
+steps) is handled by replaying the generated tokens from the prompt in one C++ call. With
+``backend="auto"`` on CUDA scores (or ``"device"`` / ``"triton"`` / ``"torch"``) the same tracking runs
+on the device instead (:class:`neo.lm.device.DeviceSidTracker`).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..core.bitmask import allocate_token_bitmask
 from ..core.index import DecodeState, RowStatus, SidIndex
+from ..core.layout import as_int
 
 __all__ = ["SidMasker", "SidLogitsProcessor", "FORMATS"]
 
@@ -87,10 +92,10 @@ class SidMasker:
                  separator_token_ids: Iterable[int] = (), num_threads: int = 1):
         self.index = index
         self.layout = index.layout
-        self.eos = sorted({int(t) for t in eos_token_ids})
+        self.eos = sorted({as_int(t, "eos_token_ids") for t in eos_token_ids})
         if not self.eos:
             raise ValueError("constrained decoding needs at least one EOS token id (got none)")
-        self.separators = sorted({int(t) for t in separator_token_ids})
+        self.separators = sorted({as_int(t, "separator_token_ids") for t in separator_token_ids})
         self.state = DecodeState(index, num_rows, self.eos, self.separators, num_threads)
         self.bitmask = allocate_token_bitmask(num_rows, self.layout.vocab_size)
         self.formats = np.zeros(num_rows, dtype=np.int8)  # index into FORMATS
@@ -252,13 +257,45 @@ class SidLogitsProcessor(LogitsProcessor):
         Text tokens allowed between spans in the ``ids`` format.
     num_threads : int
         Threads of the C++ core.
+    backend : ``"auto"`` | ``"core"`` | ``"device"`` | ``"triton"`` | ``"torch"``
+        ``"auto"``: for CUDA scores the decode state, trie and mask stay on the GPU (no host round
+        trip per step, see :mod:`neo.lm.device`); for CPU scores the C++ core. ``"core"`` always
+        uses the C++ core; the others force the device path (torch kernels on CPU tensors).
 
     Notes
     -----
     Batch items map to rows as ``model.generate`` lays them out: with ``num_beams`` or
     ``num_return_sequences`` > 1, item ``b`` owns rows ``b*n .. b*n+n-1``. The prompt may end inside
-    an open span (e.g. with ``[SID]`` to force an item). One processor serves one ``generate`` call at
-    a time; a new call (shorter or reset input) restarts it automatically.
+    an open span (e.g. with ``[SID]`` to force an item); items written in the prompt never count
+    towards ``max_items`` or ``exclude_emitted``.
+
+    One processor serves one ``generate`` call at a time, in every mode: greedy, sampling, beam search
+    (rows reordered every step), and assisted / speculative decoding and prompt lookup
+    (``assistant_model``, ``prompt_lookup_num_tokens``), which call it on draft tokens and then on
+    shorter inputs once drafts are rejected. Whenever the input is not one token past the last call,
+    the state is rebuilt from the prompt by replaying the generated tokens, so the limits hold and
+    assisted greedy output equals plain greedy output. After assisted decoding, :meth:`emitted` and
+    :meth:`errors` describe the last sequence the processor saw, which may be a rejected draft. An
+    input with another prompt or batch size, or a longer one after every row has finished, starts a
+    new generation; call :meth:`reset` between calls whose prompt extends an unfinished answer (it
+    would otherwise be replayed as that answer's continuation). Scores are masked in place.
+
+    Generate options that conflict with neo: they can mask every token neo allows in a row, and
+    generate runs them before this processor. The processor then raises ``ValueError`` naming the
+    option (instead of greedy picking token 0 and the row going to ERROR, or sampling failing on
+    inf/nan):
+
+    * ``min_new_tokens`` / ``min_length`` forbid EOS: with ``format="ids"`` and ``max_items`` reached
+      (and no ``separator_token_ids``), EOS is the only token left.
+    * ``no_repeat_ngram_size`` forbids repeated n-grams, and SIDs repeat by design: ``[/SID] [SID]``,
+      shared SID prefixes, a last-level code followed by ``[/SID]``. Do not use it with spans.
+    * ``suppress_tokens``, ``begin_suppress_tokens``, ``bad_words_ids``, ``sequence_bias`` (-inf) must
+      not name ``[SID]``, ``[/SID]``, SID code tokens, EOS or the separators.
+    * ``forced_bos_token_id`` / ``forced_eos_token_id`` force a token neo may not allow there.
+    * ``prefix_allowed_tokens_fn`` adds a second constraint; its intersection with neo's can be empty.
+
+    Sampling warpers (``temperature``, ``top_k``, ``top_p``, ``min_p``, ``typical_p``),
+    ``repetition_penalty``, ``num_beams`` and ``num_return_sequences`` are compatible.
     """
 
     def __init__(
@@ -274,14 +311,26 @@ class SidLogitsProcessor(LogitsProcessor):
         max_items: int | Sequence[int | None] | None = None,
         separator_token_ids: Iterable[int] = (),
         num_threads: int = 1,
+        backend: str = "auto",
     ):
+        from .device import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         self.index = index
-        self.eos = [int(eos_token_id)] if isinstance(eos_token_id, (int, np.integer)) else [int(t) for t in eos_token_id]
+        scalar = getattr(eos_token_id, "ndim", None) == 0 or not isinstance(eos_token_id, Iterable)
+        self.eos = ([as_int(eos_token_id, "eos_token_id")] if scalar
+                    else [as_int(t, "eos_token_id") for t in eos_token_id])
         self.options = dict(format=format, allowed_types=allowed_types, exclude=exclude, allow=allow,
                             max_items=max_items)
         self.exclude_emitted = bool(exclude_emitted)
-        self.separators = list(separator_token_ids)
-        self.num_threads = int(num_threads)
+        self.separators = [as_int(t, "separator_token_ids") for t in separator_token_ids]
+        self.num_threads = as_int(num_threads, "num_threads")
+        for m in ([max_items] if getattr(max_items, "ndim", None) == 0 or not isinstance(max_items, Iterable)
+                  else list(max_items)):
+            if m is not None:
+                as_int(m, "max_items")  # TypeError for 1.5 or True
         for f in ([format] if isinstance(format, str) else list(format)):
             if f not in FORMATS:
                 raise ValueError(f"unknown output format {f!r}; use one of {FORMATS}")
@@ -293,10 +342,12 @@ class SidLogitsProcessor(LogitsProcessor):
         """Forget the current generation (the next call starts a new one)."""
         self.masker: SidMasker | None = None
         self._prompt_len = 0
+        self._prompt: np.ndarray | None = None  # (rows, prompt_len) the prompt the state was started on
         self._gen: np.ndarray | None = None  # (rows, n) generated tokens at the last call
         self._hash: np.ndarray | None = None  # (rows,) uint64 rolling hash of _gen
         self._group: np.ndarray | None = None
         self._per = 1
+        self._device: Any = None  # DeviceSidTracker of the device branch
 
     # ------------------------------------------------------------------ state tracking
     def _start(self, input_ids: np.ndarray) -> None:
@@ -319,6 +370,7 @@ class SidLogitsProcessor(LogitsProcessor):
         m.prime(input_ids)
         self.masker = m
         self._prompt_len = plen
+        self._prompt = input_ids.copy()
         self._gen = np.zeros((rows, 0), dtype=np.int64)
         self._hash = np.zeros(rows, dtype=np.uint64)
         self._group = np.arange(rows) // per
@@ -345,7 +397,8 @@ class SidLogitsProcessor(LogitsProcessor):
     def _follow(self, input_ids: np.ndarray) -> bool:
         """Reorder + advance the state to match ``input_ids`` (one token longer than last call).
 
-        Returns False when no row continues a row of the previous call (a new generation)."""
+        Returns False (state untouched) when the rows are not one-token continuations of the rows
+        of the previous call."""
         assert self.masker is not None and self._gen is not None and self._hash is not None
         prefix = input_ids[:, self._prompt_len:-1]
         last = input_ids[:, -1]
@@ -364,10 +417,7 @@ class SidLogitsProcessor(LogitsProcessor):
                 return False
             parents = np.asarray(found, dtype=np.int64)
             if (parents < 0).any() or not np.array_equal(prefix, self._gen[parents]):
-                raise RuntimeError(
-                    "SidLogitsProcessor saw a sequence it did not generate (a row's tokens match no row of the "
-                    "previous step); use one processor per generate call or call reset() between calls"
-                )
+                return False  # not a plain next step: _replay decides (rollback, or a foreign sequence)
             self.masker.reorder(parents)
             self._gen = self._gen[parents]
             self._hash = self._hash[parents]
@@ -384,26 +434,230 @@ class SidLogitsProcessor(LogitsProcessor):
         self._gen = np.concatenate([self._gen, last[:, None]], 1)
         return True
 
+    def _replay(self, input_ids: np.ndarray) -> bool:
+        """Bring the state to ``input_ids`` when they are not a one-token step from the last call.
+
+        Assisted / speculative decoding and prompt lookup call the processor on draft tokens and
+        then on shorter inputs (drafts rejected), or on the same prefix again; a caller may also
+        skip steps. The state is rebuilt exactly: rows back to their options, the prompt primed,
+        then every generated token replayed in order (one C++ call), so ``max_items`` and
+        ``exclude_emitted`` count the generated items and never the prompt.
+
+        Returns False when ``input_ids`` start a new generation (another prompt, another batch, or
+        a longer input after every row had finished). Raises ``RuntimeError`` when some rows
+        continue the previous call and others do not.
+        """
+        m, gen, prompt = self.masker, self._gen, self._prompt
+        if m is None or gen is None or prompt is None:
+            return False
+        rows, cur = input_ids.shape
+        plen = self._prompt_len
+        if rows != m.num_rows or cur < plen or not np.array_equal(input_ids[:, :plen], prompt):
+            return False
+        new = input_ids[:, plen:]
+        n, seen = new.shape[1], gen.shape[1]
+        k = min(n, seen)
+        same = new[:, :k] == gen[:, :k]
+        common = np.where(same.all(1), k, same.argmin(1)) if k else np.zeros(rows, dtype=np.int64)  # common prefix
+        rolled_back = common >= n - 1  # the input minus its newest token is a prefix of what was seen
+        grown = (common == seen) & (n > seen + 1)  # what was seen, then several new tokens
+        if grown.any() and (m.state.status >= RowStatus.DONE).all():
+            return False  # every row had finished: a longer input is a new prompt (e.g. the next chat turn)
+        fits = rolled_back | grown
+        if not fits.any():
+            return False
+        if not fits.all():
+            raise RuntimeError(
+                "SidLogitsProcessor saw a sequence it did not generate (rows "
+                f"{np.flatnonzero(~fits).tolist()[:8]} match no earlier row); use one processor per generate call "
+                "or call reset() between calls"
+            )
+        m.state.reset()
+        m.prime(prompt)
+        if n:
+            m.advance(new.reshape(-1), np.repeat(np.arange(rows, dtype=np.int64), n))
+        self._gen = new.copy()
+        with np.errstate(over="ignore"):
+            self._hash = ((new.astype(np.uint64) + np.uint64(1)) * _powers(n)).sum(1, dtype=np.uint64)
+        return True
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        from .device import DeviceSidTracker, resolve_backend
+
+        on_device, kernels = resolve_backend(self.backend, scores.device)
+        if on_device:
+            if self._device is None:
+                self._device = DeviceSidTracker(self, kernels)
+            return self._device(input_ids, scores)
         ids = input_ids.detach().to("cpu").numpy().astype(np.int64, copy=False)
         rows, cur = ids.shape
         follows = (self.masker is not None and self._gen is not None and rows == self.masker.num_rows
                    and cur == self._prompt_len + self._gen.shape[1] + 1)
-        if not (follows and self._follow(ids)):
+        if not (follows and self._follow(ids)) and not self._replay(ids):
             self._start(ids)  # first call of a generation (or a new generate call)
         assert self.masker is not None
-        return self.masker.apply(scores)
+        scores = self.masker.apply(scores)
+        self._check_rows_not_emptied(input_ids, scores)
+        return scores
+
+    # ------------------------------------------------------------------ conflicts with other processors
+    def _check_rows_not_emptied(self, input_ids: torch.Tensor, scores: torch.Tensor) -> None:
+        """Raise if another logits processor masked every token neo allows in some live row.
+
+        Only rows whose allowed set neo made small are checked (inside a span, or in free text with
+        the ``ids`` format): there the check reads the SID block and the few allowed text ids, not
+        the vocabulary. Such a row would otherwise silently pick token 0 (greedy: the row then
+        breaks the rules and goes to ERROR) or crash sampling with "probability tensor contains
+        inf/nan". The processors that ran before this one are re-run on neutral scores (only on
+        this error path) to name the generate option responsible.
+        """
+        m = self.masker
+        assert m is not None
+        ids_text, _, span = m.closed_rows()
+        if ids_text.size == 0 and span.size == 0:
+            return
+        V = scores.shape[1]
+        c0 = min(m.col0, V)
+        sel = np.concatenate([ids_text, span])  # ids-format text rows first: they may also keep EOS/separators
+        keep = np.asarray([t for t in m.eos + m.separators if t < V], dtype=np.int64)
+        n_ids = ids_text.size if keep.size else 0
+        # A handful of tiny operations: on CPU numpy is several times cheaper per call than torch.
+        if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64, torch.float16):
+            a = scores.detach().numpy()
+            alive = (a[sel, c0:] != -np.inf).any(1)
+            if n_ids:
+                alive[:n_ids] |= (a[ids_text[:, None], keep[None, :]] != -np.inf).any(1)
+        else:
+            r = torch.from_numpy(sel).to(scores.device)
+            alive_t = (scores[r, c0:] != _NEG_INF).any(1)
+            if n_ids:
+                k = torch.from_numpy(keep).to(scores.device)
+                alive_t[:n_ids] |= (scores[r[:n_ids, None], k[None, :]] != _NEG_INF).any(1)
+            alive = alive_t.cpu().numpy()
+        empty = sel[~alive].tolist()
+        if not empty:
+            return
+        empty.sort()
+        allowed = {r: self._allowed_tokens(r) for r in empty[:8]}
+        before = _processors_before(self)
+        if before is not None:
+            probed = [p for p in before if type(p).__name__ in _HF_OPTION]  # known to be side-effect free
+            culprits = _processors_that_mask(probed, input_ids, scores, allowed)
+            if culprits:
+                raise ValueError(self._conflict_message(empty, allowed, culprits))
+            if len(probed) == len(before):
+                # Nothing before this processor masks these tokens: the -inf came in with the scores
+                # themselves (prompt lookup re-feeds the tensor this processor masked in place to
+                # test its next draft token). Not a conflict; the draft is just cut there.
+                return
+        raise ValueError(self._conflict_message(empty, allowed, []))
+
+    def _allowed_tokens(self, row: int) -> list[int]:
+        """Token ids neo's bitmask allows in ``row`` (from the last fill)."""
+        assert self.masker is not None
+        words = self.masker.bitmask[row].to(torch.int64) & 0xFFFFFFFF
+        bits = (words[:, None] >> torch.arange(32)) & 1
+        return torch.nonzero(bits.reshape(-1)[: self.index.layout.vocab_size]).flatten().tolist()
+
+    def _conflict_message(self, rows: list[int], allowed: dict[int, list[int]], culprits: list) -> str:
+        r = rows[0]
+        names = [self._token_name(t) for t in allowed[r][:6]] + (["..."] if len(allowed[r]) > 6 else [])
+        if culprits:
+            who = ", ".join(f"`{_HF_OPTION[type(p).__name__]}` ({type(p).__name__})" for p in culprits)
+            cause = f"the generate option {who} set all of them to -inf before neo's processor ran"
+        else:
+            cause = "another logits processor had already set all of them to -inf"
+        more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
+        return (
+            f"SidLogitsProcessor: row {r}{more} has no token left to generate: neo allows only "
+            f"{', '.join(names) or 'nothing'} here, but {cause}. Drop that option or relax it (e.g. allow more "
+            f"items, or give separator_token_ids). Options that conflict with neo: {_CONFLICTS}."
+        )
+
+    def _token_name(self, t: int) -> str:
+        lay = self.index.layout
+        if t == lay.open_id:
+            return f"[SID] ({t})"
+        if t == lay.close_id:
+            return f"[/SID] ({t})"
+        if t in self.eos:
+            return f"EOS ({t})"
+        c = lay.classify(t)
+        if c is not None:
+            return f"{lay.types[c[0]].name} level-{c[1] + 1} code {t - lay.types[c[0]].band_starts[c[1]]} ({t})"
+        return f"separator ({t})" if t in self.separators else str(t)
 
     # ------------------------------------------------------------------ introspection
     def errors(self) -> dict[int, str]:
         """Rows in the sticky error state with their reasons (should be empty)."""
+        if self._device is not None and self._device.state is not None:
+            return self._device.state.errors()
         return {} if self.masker is None else self.masker.state.errors()
 
     def emitted(self, row: int) -> np.ndarray:
         """Item rows completed so far by a row of the current generation."""
+        if self._device is not None and self._device.state is not None:
+            return self._device.state.emitted_items(row)
         if self.masker is None:
             return np.zeros(0, dtype=np.int32)
         return self.masker.state.emitted(row)
+
+
+# HF generate options (by the processor class generate builds for them) that can mask every token
+# neo allows in a row; generate runs them before user processors such as SidLogitsProcessor.
+_HF_OPTION = {
+    "MinNewTokensLengthLogitsProcessor": "min_new_tokens",
+    "MinLengthLogitsProcessor": "min_length",
+    "NoRepeatNGramLogitsProcessor": "no_repeat_ngram_size",
+    "EncoderNoRepeatNGramLogitsProcessor": "encoder_no_repeat_ngram_size",
+    "SuppressTokensLogitsProcessor": "suppress_tokens",
+    "SuppressTokensAtBeginLogitsProcessor": "begin_suppress_tokens",
+    "NoBadWordsLogitsProcessor": "bad_words_ids",
+    "SequenceBiasLogitsProcessor": "sequence_bias",
+    "ForcedBOSTokenLogitsProcessor": "forced_bos_token_id",
+    "ForcedEOSTokenLogitsProcessor": "forced_eos_token_id",
+    "PrefixConstrainedLogitsProcessor": "prefix_allowed_tokens_fn",
+}
+_CONFLICTS = (
+    "min_new_tokens / min_length (forbid EOS: with format='ids' and max_items reached, EOS is all that is left), "
+    "no_repeat_ngram_size (forbids repeating '[/SID] [SID]', a SID prefix or 'code [/SID]'), suppress_tokens / "
+    "begin_suppress_tokens / bad_words_ids / sequence_bias=-inf naming [SID], [/SID], SID codes, EOS or separators, "
+    "forced_bos_token_id / forced_eos_token_id, prefix_allowed_tokens_fn"
+)
+
+
+def _processors_before(me: Any) -> list | None:
+    """The processors that run before ``me`` in the ``LogitsProcessorList`` calling it (found on the
+    call stack: generate -> LogitsProcessorList.__call__ -> me), or None outside one."""
+    frame = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, LogitsProcessorList):
+            pos = next((i for i, p in enumerate(owner) if p is me), None)
+            if pos is not None:
+                return list(owner)[:pos]
+        frame = frame.f_back
+    return None
+
+
+def _processors_that_mask(processors: list, input_ids: torch.Tensor, scores: torch.Tensor,
+                          allowed: Mapping[int, list[int]]) -> list:
+    """Those of ``processors`` that, run on neutral scores, set every token of ``allowed[row]`` to
+    -inf in some row (error path only)."""
+    found = []
+    for p in processors:
+        try:
+            out = p(input_ids, torch.zeros_like(scores))
+        except Exception:  # a processor that cannot be re-run here is just not named
+            continue
+        for row, toks in allowed.items():
+            t = torch.as_tensor(toks, dtype=torch.long, device=scores.device)
+            if t.numel() and bool(torch.isneginf(out[row, t]).all()):
+                found.append(p)
+                break
+    return found
 
 
 def _powers(n: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..core.layout import TokenLayout
+from ..core.layout import TokenLayout, as_int
 from ..core.errors import NeoDataError
 
 __all__ = ["SidVocab", "VocabMismatchError"]
@@ -125,6 +125,7 @@ class SidVocab:
 
     def code_token(self, type_: int | str, level: int, code: int) -> str:
         """String of code ``code`` at ``level`` of a type."""
+        level, code = as_int(level, "level"), as_int(code, "code")
         t = self.layout.types[self.layout.type_index(type_)]
         if not 0 <= level < t.levels:
             raise ValueError(f"type {t.name!r} has levels 0..{t.levels - 1}, got level {level}")
@@ -135,7 +136,7 @@ class SidVocab:
     def code_token_id(self, type_: int | str, level: int, code: int) -> int:
         t = self.layout.types[self.layout.type_index(type_)]
         self.code_token(type_, level, code)  # validates
-        return t.band_starts[level] + int(code)
+        return t.band_starts[level] + as_int(code, "code")
 
     def token_strings(self) -> list[str]:
         """Strings of ids ``token_begin .. token_end - 1`` in id order."""
@@ -159,13 +160,14 @@ class SidVocab:
 
     def span_ids(self, sid_tokens: Sequence[int]) -> list[int]:
         """``[SID] c1 .. cL [/SID]`` as ids."""
-        return [self.open_id, *(int(t) for t in sid_tokens), self.close_id]
+        return [self.open_id, *(as_int(t, "SID token id") for t in sid_tokens), self.close_id]
 
     def span_text(self, sid_tokens: Sequence[int]) -> str:
         """``[SID]<sid_t_0_c1>...[/SID]`` as a string (what the tokenizer turns back into the ids)."""
         parts = [self.open_token]
         for tok in sid_tokens:
-            cls = self.layout.classify(int(tok))
+            tok = as_int(tok, "token id")
+            cls = self.layout.classify(tok)
             if cls is None:
                 raise ValueError(f"token id {int(tok)} is not a SID code token")
             ti, lvl = cls

@@ -173,17 +173,15 @@ def balanced_sids(cat: Any, emb: np.ndarray, seed: int) -> Any:
                        catalog_fingerprint=cat.fingerprint(), report=report, catalog=cat)
 
 
-def embeddings(a: argparse.Namespace, ds: Any, split: Any) -> Any:
-    from neo.items import embeddings as E
+def embeddings(a: argparse.Namespace, ds: Any, split: Any, seqs: dict[str, np.ndarray]) -> Any:
+    """Item vectors for the SIDs, from the training part only (``seqs``: training sequences with side
+    events before each user's validation target)."""
+    from neo.items.collaborative import sid_embeddings
 
-    if a.embedding == "tfidf":
-        return E.embed_catalog(ds.catalog, "tfidf")
-    if a.embedding == "cooc":
+    if a.embedding == "cooc-local":
         return cooccurrence_embeddings(ds, split.train)
-    fn = getattr(E, f"{a.embedding}_embeddings", None)
-    if fn is None:
-        raise SystemExit(f"--embedding {a.embedding}: neo.items.embeddings has no {a.embedding}_embeddings")
-    return fn(ds.catalog, split.train)
+    kind = {"tfidf": "text"}.get(a.embedding, a.embedding)
+    return sid_embeddings(ds.catalog, list(seqs.values()), kind=kind, seed=a.seed, cf_weight=a.cf_weight)
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -215,16 +213,22 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "test_cases": len(test), "valid_cases_for_neo": len(valid), "candidates": int(len(cand))}}
     print(f"data {out['dataset']}", flush=True)
 
+    if ds.side is not None and ds.interactions.timestamps is not None:
+        # side events (tag applications) before each user's validation target join the training sequences
+        val_time = [float(t[-2]) if t.size >= 3 else float("inf") for t in ds.interactions.timestamps]
+        seqs = ds.training_sequences(split.train, val_time)
+    else:
+        seqs = {ds.interactions.user_ids[u]: s for u, s in enumerate(split.train)}
+    seqs = {u: s for u, s in seqs.items() if len(s)}
+
     # ---- SIDs
     t0 = time.perf_counter()
-    kw: dict[str, Any] = {}
-    if a.balance:
-        kw["balance"] = a.balance
+    kw: dict[str, Any] = {"balance": a.balance} if a.balance else {}
     if a.sid_builder == "balanced-local":
-        sids = balanced_sids(cat, embeddings(a, ds, split), a.seed)
+        sids = balanced_sids(cat, embeddings(a, ds, split, seqs), a.seed)
         out["sids"] = {"report": dict(sids.report), "seconds": time.perf_counter() - t0}
     else:
-        sids = build_sids(cat, embeddings(a, ds, split), levels=a.levels,
+        sids = build_sids(cat, embeddings(a, ds, split, seqs), levels=a.levels,
                           codebook_size=a.codebook_size if len(a.codebook_size) > 1 else a.codebook_size[0],
                           seed=a.seed, **kw)
         out["sids"] = {"report": json.loads(sids.report.to_json()), "seconds": time.perf_counter() - t0}
@@ -245,12 +249,6 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     system = NeoSystem.build(model, tok, cat, sids)
     tb = TaskBuilder(PromptBuilder(system.tokenizer, system.vocab, system.index, cat), cat, seed=a.seed,
                      max_history=a.window)
-    if ds.side is not None and ds.interactions.timestamps is not None:
-        val_time = [float(t[-2]) if t.size >= 3 else float("inf") for t in ds.interactions.timestamps]
-        seqs = ds.training_sequences(split.train, val_time)
-    else:
-        seqs = {ds.interactions.user_ids[u]: s for u, s in enumerate(split.train)}
-    seqs = {u: s for u, s in seqs.items() if len(s)}
     tasks = ["recommend"] + (["search", "describe_user", "recommend_mixed", "recommend_explain", "explain"]
                              if a.mix else [])
     pools = tb.instruction(seqs, tasks=tasks, window=a.window, max_per_user=4, search_examples=len(cat),
@@ -343,9 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", help="dataset directory (ml-100k; a MovieLens directory for ml-latest-small)")
     ap.add_argument("--max-movies", type=int)
     ap.add_argument("--max-tags", type=int)
-    ap.add_argument("--embedding", default="tfidf",
-                    help="tfidf, cooc (benchmark-local co-occurrence SVD), or X for neo.items.embeddings.X_embeddings")
-    ap.add_argument("--balance", default=None, help="passed to build_sids(balance=) when given")
+    ap.add_argument("--embedding", default="cf", choices=["tfidf", "cf", "hybrid", "cooc-local"],
+                    help="item vectors for the SIDs: neo.items.collaborative.sid_embeddings kind (tfidf = text), or "
+                         "the benchmark-local co-occurrence SVD used before it existed")
+    ap.add_argument("--cf-weight", type=float, default=0.5, help="hybrid: share of the collaborative part")
+    ap.add_argument("--balance", type=float, default=1.0,
+                    help="build_sids(balance=): 1.0 = equal clusters (collision-free when K^L >= n); 0: standard")
     ap.add_argument("--sid-builder", default="neo", choices=["neo", "balanced-local"],
                     help="neo.build_sids (default) or the benchmark-local balanced two-level codes")
     ap.add_argument("--levels", type=int, default=2)

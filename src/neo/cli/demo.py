@@ -34,6 +34,10 @@ class DemoConfig:
     over every movie of that catalog. ``window`` is the number of recent items the model reads (the
     protocol's history cap of 20; every history item is excluded from the ranking).
 
+    SIDs: ``embedding`` is the :func:`neo.items.collaborative.sid_embeddings` kind (``cf``: co-occurrence
+    vectors of the training sequences; ``text``; ``hybrid``), clustered with balanced k-means
+    (``balance``), ``levels`` x ``codebook_size`` codes: 2 x 32 holds 1,000 movies without a collision.
+
     Training: a small model trained from scratch (``stage0_steps`` of text; ``arch``/``hidden``/
     ``layers``/``dropout``), ``align_steps`` of alignment (0 skips the stage), then the task mixture
     led by the every-position ``recommend`` task for up to ``instruct_epochs`` epochs (an epoch = one
@@ -45,7 +49,8 @@ class DemoConfig:
     max_movies: int = 1000
     max_tags: int = 100
     max_users: int | None = None
-    embedding: str = "tfidf"
+    embedding: str = "cf"
+    balance: float | None = 1.0
     levels: int = 2
     codebook_size: int | list[int] = 32
     vocab_size: int = 1000
@@ -77,7 +82,7 @@ class DemoConfig:
     seed: int = 0
 
 
-QUICK = DemoConfig(max_movies=120, max_tags=30, max_users=200, levels=2, codebook_size=8, vocab_size=600,
+QUICK = DemoConfig(max_movies=120, max_tags=30, max_users=200, levels=2, codebook_size=12, vocab_size=600,
                    hidden=48, layers=2, heads=2, stage0_steps=20, align_steps=0, instruct_epochs=12.0, batch_size=16,
                    valid_users=100, valid_beams=10, valid_every=2.0, patience=2, max_minutes=2.0, max_per_user=4,
                    eval_cases=100, search_queries=30, num_beams=20, sasrec_epochs=20, probe_prompts=5)
@@ -279,7 +284,7 @@ def run_demo(config: DemoConfig = FULL, *, out_dir: str | os.PathLike = "neo-dem
     import torch
 
     from ..evaluation.baselines import BM25Search, Popularity, SASRec
-    from ..items.embeddings import embed_catalog
+    from ..items.collaborative import sid_embeddings
     from ..evaluation import (KS, evaluate_scorer, evaluate_search, evaluate_topk, format_compliance, leave_one_out,
                              neo_search_fn, neo_topk_fn, random_expectation, sid_validity_and_steering)
     from ..lm.prompts import PromptBuilder
@@ -331,9 +336,15 @@ def run_demo(config: DemoConfig = FULL, *, out_dir: str | os.PathLike = "neo-dem
 
     # 2. embeddings + SIDs
     t0 = time.perf_counter()
-    _say(f"[2/8] item embeddings ({cfg.embedding}) and semantic IDs (residual k-means per type)", quiet)
-    emb = embed_catalog(cat, "tfidf") if cfg.embedding == "tfidf" else _embeddings(cfg.embedding, cat, ds, split)
-    sids = build_sids(cat, emb, levels=cfg.levels, codebook_size=cfg.codebook_size, seed=cfg.seed)
+    # side events (tag applications) before each user's validation target join the training sequences; the
+    # SIDs' collaborative vectors and every training example come from these (held-out targets never do)
+    val_time = [float(t[-2]) if t.size >= 3 else float("inf") for t in ds.interactions.timestamps]
+    train_seqs = {u: s for u, s in ds.training_sequences(split.train, val_time).items() if len(s) >= 1}
+    _say(f"[2/8] item embeddings ({cfg.embedding}) and semantic IDs ("
+         f"{'balanced' if cfg.balance else 'standard'} residual k-means per type)", quiet)
+    emb = sid_embeddings(cat, list(train_seqs.values()), kind=cfg.embedding, seed=cfg.seed)
+    sids = build_sids(cat, emb, levels=cfg.levels, codebook_size=cfg.codebook_size, seed=cfg.seed,
+                      balance=cfg.balance)
     sid_report = json.loads(sids.report.to_json()) if hasattr(sids.report, "to_json") else dict(sids.report)
     _say(str(sids.report), quiet)
     lap("sids", t0)
@@ -379,9 +390,6 @@ def run_demo(config: DemoConfig = FULL, *, out_dir: str | os.PathLike = "neo-dem
 
     # 5. instruction tuning
     t0 = time.perf_counter()
-    # side events (tag applications) before each user's validation target join the training sequences
-    val_time = [float(t[-2]) if t.size >= 3 else float("inf") for t in ds.interactions.timestamps]
-    train_seqs = {u: s for u, s in ds.training_sequences(split.train, val_time).items() if len(s) >= 1}
     tasks = [t for t, wt in cfg.task_weights.items() if wt > 0 and t in INSTRUCTION_TASKS]  # + per-type pools
     pools = tb.instruction(train_seqs, tasks=tasks, max_per_user=cfg.max_per_user,
                            search_examples=cfg.max_movies + cfg.max_tags, window=cfg.window, per_type=True)
@@ -536,16 +544,6 @@ def _masked_scores(scores: Any, histories: Any, cand: Any) -> Any:
     for i, h in enumerate(histories):
         s[i, np.asarray(h, dtype=np.int64)] = -np.inf
     return s
-
-
-def _embeddings(kind: str, cat: Any, ds: Any, split: Any) -> Any:
-    """Item embeddings other than TF-IDF (collaborative / hybrid), from the training interactions only."""
-    from ..items import embeddings as E
-
-    fn = getattr(E, f"{kind}_embeddings", None)
-    if fn is None:
-        raise ValueError(f"unknown demo embedding {kind!r}; use 'tfidf' (or one neo.items.embeddings provides)")
-    return fn(cat, split.train)
 
 
 # ============================================================================ CLI hooks

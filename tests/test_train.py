@@ -283,3 +283,13 @@ def test_backbone_picks_the_learning_rate_defaults(llama):
     assert gpt.config.resid_pdrop == 0.2 and backbone_kind(gpt) == "scratch"
     with pytest.raises(ValueError, match="backbone"):
         backbone_kind(m, "huge")
+
+
+def test_budget_schedule_decays_to_where_the_budget_ends():
+    from neo.training.train import _Horizon
+
+    h = _Horizon(total=100, warmup=10, min_rate=0.1)
+    assert h(0) == pytest.approx(1 / 11) and h(10) == pytest.approx(1.0)
+    assert h(55) == pytest.approx(0.55) and h(100) == pytest.approx(0.1) and h(500) == pytest.approx(0.1)
+    h.total = 50  # the budget will end training at step 50: the decay is re-aimed there
+    assert h(50) == pytest.approx(0.1) and h(30) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.5)))

@@ -35,7 +35,9 @@ instruct   lr 1e-4, warmup 3%,     lr 1e-3, warmup 5%, weight decay 0.1 (chosen 
                                    ``benchmarks/results/training.md``)
 =========  ======================  ==========================================================
 
-All stages use a cosine schedule decaying to 10% of the peak (``cosine_with_min_lr``),
+All stages use a cosine schedule decaying to 10% of the peak (``cosine_with_min_lr``; with a time
+budget the decay is re-aimed every 25 steps at the step where the budget will end, so a stage cut by
+its budget still finishes its decay), warmup of at most one epoch,
 AdamW(0.9, 0.95), gradient clipping 1.0, completion-only loss (prompt and context tokens labelled
 ``-100``; stage 0 trains on every token), optional packing (several examples per row with
 restarting ``position_ids`` and no padding mask, so transformers builds a block-diagonal causal mask
@@ -621,6 +623,33 @@ class _Meter:
         return self.tokens * self.world / self.train_seconds()
 
 
+class _Horizon:
+    """Linear warmup, then cosine decay to ``min_rate`` of the peak at step ``total``; ``total`` may move
+    while training (a time budget re-estimates where training will end, so the decay finishes there
+    instead of being cut off at a high learning rate)."""
+
+    def __init__(self, total: int, warmup: int, min_rate: float):
+        self.total, self.warmup, self.min_rate = max(1, int(total)), max(0, int(warmup)), float(min_rate)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        span = max(1, self.total - self.warmup)
+        t = min(1.0, (step - self.warmup) / span)
+        return self.min_rate + (1.0 - self.min_rate) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _min_over_ranks(x: float) -> float:
+    d = _dist()
+    if d is None:
+        return x
+    t = torch.tensor([x], dtype=torch.float64)
+    if d.get_backend() == "nccl":
+        t = t.cuda()
+    d.all_reduce(t, op=d.ReduceOp.MIN)
+    return float(t.item())
+
+
 def _callbacks() -> tuple[type, type, type]:
     """The callback classes (built on first use: transformers is imported lazily)."""
     from transformers import TrainerCallback
@@ -667,14 +696,21 @@ def _callbacks() -> tuple[type, type, type]:
     class TimeBudget(TrainerCallback):
         """Stops training at the first step end after ``seconds`` of wall time (all ranks together)."""
 
-        def __init__(self, seconds: float, meter: _Meter):
-            self.seconds, self.meter = float(seconds), meter
+        def __init__(self, seconds: float, meter: _Meter, horizon: _Horizon | None = None, every: int = 25):
+            self.seconds, self.meter, self.horizon, self.every = float(seconds), meter, horizon, max(1, every)
             self.stopped = False
+            self.planned = horizon.total if horizon is not None else None
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-            if _any_rank(time.perf_counter() - self.meter.t0 >= self.seconds):
+            elapsed = time.perf_counter() - self.meter.t0
+            if _any_rank(elapsed >= self.seconds):
                 self.stopped = True
                 control.should_training_stop = True
+            elif self.horizon is not None and state.global_step % self.every == 0:
+                # where will the budget end training? (validation time so far included in the rate)
+                rate = elapsed / max(1, state.global_step)
+                end = state.global_step + (self.seconds - elapsed) / max(rate, 1e-9)
+                self.horizon.total = int(min(self.planned, _min_over_ranks(end)))
 
     class Validator(TrainerCallback):
         """Runs a :class:`Validation` every ``every_steps`` steps and at the end; keeps the best weights."""
@@ -750,6 +786,15 @@ def _trainer_cls() -> type:
         """``Trainer`` that counts the tokens it reads (and those with loss) for tokens/s reports."""
 
         neo_meter: _Meter | None = None
+        neo_horizon: _Horizon | None = None
+
+        def create_scheduler(self, num_training_steps, optimizer=None):  # noqa: ANN001
+            if self.neo_horizon is None:
+                return super().create_scheduler(num_training_steps, optimizer)
+            if self.lr_scheduler is None:
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, self.neo_horizon)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             n = inputs.pop("neo_num_tokens", None)
@@ -837,8 +882,12 @@ def _run(model: Any, tokenizer: Any, dataset: Any, *, stage: str, output_dir: st
         # max_steps beyond the schedule: repeat it (Trainer would stop at the end of the data)
         reps = int(math.ceil(steps / planned))
         dataset = torch.utils.data.ConcatDataset([dataset] * reps)
+    # warmup: a ratio of the planned steps, but at most one epoch (the plan is a maximum when validation
+    # or a time budget may end training early)
+    warm = int(warmup_steps) if warmup_steps >= 1 else min(int(math.ceil(warmup_steps * steps)),
+                                                           int(math.ceil(steps_per_epoch)))
     args = _training_args(out, max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                          warmup=warmup_steps, grad_accum=grad_accum, logging_steps=logging_steps,
+                          warmup=warm, grad_accum=grad_accum, logging_steps=logging_steps,
                           save_steps=save_steps, seed=seed, extra=training_args)
     given = dict(training_args or {})
     if optimizer_cls_and_kwargs is not None and given:
@@ -861,7 +910,9 @@ def _run(model: Any, tokenizer: Any, dataset: Any, *, stage: str, output_dir: st
     ProgressBar, TimeBudget, Validator = _callbacks()
     bar = ProgressBar(stage, meter, progress)
     callbacks: list[Any] = [bar]
-    budget = TimeBudget(max_minutes * 60.0, meter) if max_minutes is not None else None
+    given_sched = any(k in (training_args or {}) for k in ("lr_scheduler_type", "warmup_steps", "warmup_ratio"))
+    horizon = _Horizon(steps, warm, MIN_LR_RATE) if max_minutes is not None and not given_sched else None
+    budget = TimeBudget(max_minutes * 60.0, meter, horizon) if max_minutes is not None else None
     if budget is not None:
         callbacks.append(budget)
     val = None
@@ -875,6 +926,7 @@ def _run(model: Any, tokenizer: Any, dataset: Any, *, stage: str, output_dir: st
                              train_dataset=dataset, processing_class=tokenizer,
                              optimizer_cls_and_kwargs=optimizer_cls_and_kwargs, callbacks=callbacks)
     trainer.neo_meter = meter
+    trainer.neo_horizon = horizon
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)  # raw dict lines; the bar and the validation lines replace them

@@ -36,7 +36,9 @@ class DemoConfig:
 
     SIDs: ``embedding`` is the :func:`neo.items.collaborative.sid_embeddings` kind (``cf``: co-occurrence
     vectors of the training sequences; ``text``; ``hybrid``), clustered with balanced k-means
-    (``balance``), ``levels`` x ``codebook_size`` codes: 2 x 32 holds 1,000 movies without a collision.
+    (``balance``), ``levels`` x ``codebook_size`` codes per type: 2 x 32 holds 1,000 movies and 2 x 10 the 100
+    tags without a collision, with few empty leaves (an unconstrained model rarely names a code pair that is
+    no item).
 
     Training: a small model trained from scratch (``stage0_steps`` of text; ``arch``/``hidden``/
     ``layers``/``dropout``), ``align_steps`` of alignment (0 skips the stage), then the task mixture
@@ -52,7 +54,7 @@ class DemoConfig:
     embedding: str = "cf"
     balance: float | None = 1.0
     levels: int = 2
-    codebook_size: int | list[int] = 32
+    codebook_size: int | dict[str, int] = field(default_factory=lambda: {"movie": 32, "tag": 10})
     vocab_size: int = 1000
     arch: str = "llama"
     hidden: int = 64
@@ -82,7 +84,8 @@ class DemoConfig:
     seed: int = 0
 
 
-QUICK = DemoConfig(max_movies=120, max_tags=30, max_users=200, levels=2, codebook_size=12, vocab_size=600,
+QUICK = DemoConfig(max_movies=120, max_tags=30, max_users=200, levels=2, codebook_size={"movie": 11, "tag": 6},
+                   vocab_size=600,
                    hidden=48, layers=2, heads=2, stage0_steps=20, align_steps=0, instruct_epochs=12.0, batch_size=16,
                    valid_users=100, valid_beams=10, valid_every=2.0, patience=2, max_minutes=2.0, max_per_user=4,
                    eval_cases=100, search_queries=30, num_beams=20, sasrec_epochs=20, probe_prompts=5)

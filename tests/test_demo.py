@@ -1,5 +1,5 @@
-"""``neo demo --quick`` end to end: every generated item is a real catalog item and neo beats random
-on HR@10 (the CI smoke test of the whole pipeline; about 2 minutes on 2 CPU cores)."""
+"""``neo demo --quick`` end to end: every generated item is a real catalog item and neo beats popularity
+on HR@10 and NDCG@10 (the CI smoke test of the whole pipeline; about 2 minutes on 2 CPU cores)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ def test_demo_quick_end_to_end(tmp_path):
     assert res["generated_items_all_valid"] is True and res["generated_items_checked"] > 0
     rec = res["recommendation"]
     assert rec["neo"]["n"] == QUICK.eval_cases
-    assert rec["neo"]["hr@10"] > rec["random (expected)"]["hr@10"], rec
+    # seeded and epoch-bounded (no time budget): neo ranks better than a popularity list, not only chance
+    for m in ("hr@10", "ndcg@10"):
+        assert rec["neo"][m] > rec["popularity"][m] > 0, rec
+    assert res["top1_distinct"]["neo"] > 1  # not one list for everybody
     for ex in res["examples"]:
         assert all(it["valid"] for it in ex["items"]), ex
     steer = res["type_steering_constraints_off"]

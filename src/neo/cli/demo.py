@@ -84,11 +84,13 @@ class DemoConfig:
     seed: int = 0
 
 
-QUICK = DemoConfig(max_movies=120, max_tags=30, max_users=200, levels=2, codebook_size={"movie": 11, "tag": 6},
-                   vocab_size=600,
-                   hidden=48, layers=2, heads=2, stage0_steps=20, align_steps=0, instruct_epochs=12.0, batch_size=16,
-                   valid_users=100, valid_beams=10, valid_every=2.0, patience=2, max_minutes=2.0, max_per_user=4,
-                   eval_cases=100, search_queries=30, num_beams=20, sasrec_epochs=20, probe_prompts=5)
+QUICK = DemoConfig(max_movies=120, max_tags=30, max_users=None, levels=2, codebook_size={"movie": 11, "tag": 6},
+                   vocab_size=600, hidden=48, layers=2, heads=2, stage0_steps=20, align_steps=0, instruct_epochs=6.0,
+                   instruct_lr=3e-3, batch_size=32, valid_users=200, valid_beams=11, valid_every=2.0, patience=3,
+                   max_minutes=None, max_per_user=2, eval_cases=200, search_queries=30, num_beams=20, sasrec_epochs=20,
+                   probe_prompts=5)
+"""CI configuration: 120 movies, 30 tags, every user; 6 epochs and no time budget, so the result does not
+depend on the machine's speed (about 2 minutes on a shared 2-core machine)."""
 FULL = DemoConfig()
 
 

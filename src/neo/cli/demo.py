@@ -63,23 +63,23 @@ class DemoConfig:
     dropout: float = 0.1
     stage0_steps: int = 60
     align_steps: int = 0
-    instruct_epochs: float = 30.0
+    instruct_epochs: float = 40.0
     instruct_lr: float | None = None
     batch_size: int = 32
     window: int = 20
-    valid_users: int = 200
-    valid_beams: int = 20
+    valid_users: int = 1000
+    valid_beams: int = 32
     valid_every: float = 2.0
-    patience: int = 3
+    patience: int = 5
     max_minutes: float | None = 7.0
     max_per_user: int = 4
     eval_cases: int = 300
     search_queries: int = 100
-    num_beams: int = 30
+    num_beams: int = 40
     sasrec_epochs: int = 40
     probe_prompts: int = 10
     task_weights: dict[str, float] = field(default_factory=lambda: {
-        "recommend": 1.0, "recommend_tag": 0.1, "search": 0.15, "describe_user": 0.04, "recommend_mixed": 0.04,
+        "recommend": 1.0, "recommend_tag": 0.1, "search": 0.1, "describe_user": 0.04, "recommend_mixed": 0.03,
         "recommend_explain": 0.03, "explain": 0.03})
     seed: int = 0
 

@@ -26,10 +26,17 @@ def test_history_rendered_as_spans(world, builder):
     assert ", ".join(map(str, span3)) in s and ", ".join(map(str, span_b2)) in s
     assert ids[0] == world["tokenizer"].bos_token_id
     text = builder.text(p)
-    assert v.span_text(world["sid_tokens"]["movie"][3].tolist()) in text and "5 movies" in text
+    # recommendation in the ids format is the sequence shape: instruction, spans back to back, nothing after
+    assert text == "Next movies:" + v.span_text(world["sid_tokens"]["movie"][3].tolist()) + \
+        v.span_text(world["sid_tokens"]["book"][2].tolist())
+    assert ids[-len(span_b2):] == span_b2
     # string rendering and id rendering agree through the tokenizer
     assert world["tokenizer"](text, add_special_tokens=False)["input_ids"] == ids[1:]
     assert builder.encode(p, open_span=True)[-1] == v.open_id
+    # the prose formats keep the paraphrase templates, k and the answer cue
+    pm = Prompt(task="recommend", history=["movie3", "book2"], target_types="movie", k=5, format="mixed")
+    tm = builder.text(pm)
+    assert "5 movies" in tm and tm.endswith("\nAnswer:") and v.span_text(world["sid_tokens"]["movie"][3].tolist()) in tm
 
 
 def test_decoder_options_follow_prompt(builder, world):

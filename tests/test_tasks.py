@@ -67,7 +67,9 @@ def test_instruction_prompts_render_like_prompt_builder(setup):
         pid, cid = e.encode(w["tokenizer"])
         assert pid == pb.encode(p)  # training prompts are exactly what inference renders
         assert set(e.meta["history"]) <= set(split.train[e.meta["user"]].tolist())
-        assert cid[:-1] == tb.span(tgt) and cid[-1] == w["tokenizer"].eos_token_id
+        # the answer continues the sequence: the next span, no EOS (the decoder stops after k items)
+        assert cid == tb.span(tgt) and not e.eos
+        assert pb.encode(p, open_span=True) == pid + cid[:1]
 
 
 def test_lists_and_formats(setup):
@@ -77,12 +79,13 @@ def test_lists_and_formats(setup):
     ids = tb.recommend(seqs, k=3, format="ids")
     mixed = tb.recommend(seqs, k=3, format="mixed")
     assert ids and mixed
-    for e in ids:
-        spans = [s for s in e.completion if not isinstance(s, str)]
-        assert len(spans) == 3 and [s for s in e.completion if isinstance(s, str)] == [ITEM_SEPARATOR] * 2
-        assert spans == [tb.span(r) for r in e.meta["targets"]]
-    for e in mixed:
-        assert any(isinstance(s, str) and cat.text["title"][e.meta["targets"][0]] in s for s in e.completion)
+    for e in ids:  # the sequence shape: spans back to back
+        assert e.completion == [tb.span(r) for r in e.meta["targets"]] and len(e.completion) == 3
+    for e in mixed:  # prose naming items by their spans only (no title text the model could get wrong)
+        assert [s for s in e.completion if not isinstance(s, str)] == [tb.span(r) for r in e.meta["targets"]]
+        assert not any(isinstance(s, str) and cat.text["title"][r] in s for s in e.completion
+                       for r in e.meta["targets"])
+        assert e.eos
 
 
 def test_explanations_are_grounded_in_shared_attributes(setup):

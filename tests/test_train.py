@@ -25,15 +25,19 @@ def llama():
     return _world("llama", tied=False)
 
 
+@pytest.mark.parametrize("method", ["trainable_tokens", "row_masked"])
 @pytest.mark.parametrize("arch,tied", [("llama", False), ("qwen2", True)])
-def test_align_changes_only_the_sid_rows(arch, tied):
+def test_align_changes_only_the_sid_rows(arch, tied, method):
+    if method == "trainable_tokens":
+        pytest.importorskip("peft")
     w, cat, tb = _world(arch, tied=tied)
     m, vocab = w["model"], w["vocab"]
     assert (m.get_output_embeddings().weight is m.get_input_embeddings().weight) == tied
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     flags = {n: p.requires_grad for n, p in m.named_parameters()}
     res = T.align(m, w["tokenizer"], vocab, tb.alignment(), max_steps=6, batch_size=8, lr=1e-2,
-                  weight_decay=0.1, progress=False)
+                  weight_decay=0.1, progress=False, method=method)
+    assert res.model is m and type(m).__name__.endswith("ForCausalLM")  # trained in place, no wrapper left
     assert res.global_step == 6
     b, e = vocab.token_begin, vocab.token_end
     changed = []
@@ -204,3 +208,88 @@ def test_lora_instruct_merges():
                      logging_steps=1, progress=False)
     assert type(res.model).__name__ == "LlamaForCausalLM" and len(res.losses) == 4
     assert res.trainable_params < sum(p.numel() for p in res.model.parameters()) / 2
+
+
+def _fingerprint(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_early_stopping_keeps_the_best_weights(llama):
+    w, cat, tb = llama
+    split = split_interactions(load_interactions(events(cat), cat), "leave_one_out")
+    model = copy.deepcopy(w["model"])
+    was = model.training
+    scores = iter([0.1, 0.5, 0.2, 0.3, 0.05, 0.9, 0.9])
+    seen: list[dict] = []
+
+    def fn(m):
+        seen.append(_fingerprint(m))
+        assert not m.training  # validation runs in eval mode
+        return {"ndcg@10": next(scores), "hr@10": 0.0}
+
+    v = T.Validation(fn, metric="ndcg@10", every_epochs=0.5, patience=2)
+    res = T.instruct(model, w["tokenizer"], tb.instruction(split, tasks=["recommend"], window=3), epochs=20,
+                     batch_size=4, lr=1e-2, logging_steps=1, progress=False, validation=v)
+    assert res.stop_reason == "early stopping"
+    assert [h["ndcg@10"] for h in res.eval_history] == [0.1, 0.5, 0.2, 0.3]  # two without improvement: stop
+    assert res.best["ndcg@10"] == 0.5 and res.best["step"] == res.eval_history[1]["step"]
+    best = seen[1]
+    assert not all(torch.equal(p, seen[3][n]) for n, p in best.items())  # it kept training after the best
+    for n, p in res.model.named_parameters():
+        assert torch.equal(p, best[n]), f"{n} is not the best validated weight"
+    assert res.model.training == was  # the caller's mode is restored
+    assert res.tokens > 0 and 0 < res.loss_token_share <= 1 and res.tokens_per_s > 0
+
+
+def test_time_budget_stops_a_stage_and_keeps_the_best(llama):
+    w, cat, tb = llama
+    split = split_interactions(load_interactions(events(cat), cat), "leave_one_out")
+    calls = []
+
+    def fn(m):
+        calls.append(1)
+        return {"ndcg@10": float(len(calls))}
+
+    res = T.instruct(copy.deepcopy(w["model"]), w["tokenizer"], tb.instruction(split), epochs=50, batch_size=2,
+                     lr=1e-3, logging_steps=1, progress=False, max_minutes=1e-5,
+                     validation=T.Validation(fn, every_epochs=10))
+    assert res.stop_reason == "time budget" and res.global_step == 1
+    assert len(res.eval_history) == 1 and res.best["step"] == 1  # validated once at the stop
+    r0 = T.align(copy.deepcopy(w["model"]), w["tokenizer"], w["vocab"], tb.alignment(), epochs=50, batch_size=2,
+                 progress=False, max_minutes=1e-5)
+    assert r0.stop_reason == "time budget" and r0.global_step == 1
+    with pytest.raises(ValueError, match="max_minutes must be > 0"):
+        T.align(w["model"], w["tokenizer"], w["vocab"], tb.alignment(), max_steps=1, progress=False, max_minutes=0)
+
+
+def test_validation_must_return_its_metric(llama):
+    w, cat, tb = llama
+    split = split_interactions(load_interactions(events(cat), cat), "leave_one_out")
+    with pytest.raises(KeyError, match="ndcg@10"):
+        T.instruct(copy.deepcopy(w["model"]), w["tokenizer"], tb.instruction(split), max_steps=2, batch_size=2,
+                   progress=False, validation=T.Validation(lambda m: {"hr@10": 0.1}, every_epochs=100))
+
+
+def test_backbone_picks_the_learning_rate_defaults(llama):
+    w, cat, tb = llama
+    from neo.training.train import HPARAMS, backbone_kind
+
+    m = w["model"]
+    assert backbone_kind(m) == "pretrained"
+    scratch = T.small_model(w["tokenizer"], hidden=16, layers=1, heads=2)
+    assert backbone_kind(scratch) == "scratch" and scratch.config.neo_backbone == "scratch"
+    assert HPARAMS[("instruct", "scratch")]["lr"] > HPARAMS[("instruct", "pretrained")]["lr"]
+    gpt = T.small_model(w["tokenizer"], hidden=16, layers=1, heads=2, arch="gpt2", dropout=0.2)
+    assert gpt.config.resid_pdrop == 0.2 and backbone_kind(gpt) == "scratch"
+    with pytest.raises(ValueError, match="backbone"):
+        backbone_kind(m, "huge")
+
+
+def test_budget_schedule_decays_to_where_the_budget_ends():
+    from neo.training.train import _Horizon
+
+    h = _Horizon(total=100, warmup=10, min_rate=0.1)
+    assert h(0) == pytest.approx(1 / 11) and h(10) == pytest.approx(1.0)
+    assert h(55) == pytest.approx(0.55) and h(100) == pytest.approx(0.1) and h(500) == pytest.approx(0.1)
+    h.total = 50  # the budget will end training at step 50: the decay is re-aimed there
+    assert h(50) == pytest.approx(0.1) and h(30) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.5)))

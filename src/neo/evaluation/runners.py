@@ -18,7 +18,7 @@ from .metrics import KS, metrics_from_ranks, ranks_from_scores, ranks_from_topk,
 from .protocols import EvalCases
 
 __all__ = ["evaluate_scorer", "random_expectation", "evaluate_topk", "evaluate_search", "neo_topk_fn",
-           "neo_search_fn", "sid_validity_and_steering", "format_compliance"]
+           "neo_search_fn", "neo_validation_fn", "sid_validity_and_steering", "format_compliance"]
 
 # ============================================================================ evaluation drivers
 
@@ -164,6 +164,36 @@ def neo_topk_fn(system: Any, *, target_type: str | None = None, num_beams: int =
     return fn
 
 
+def neo_validation_fn(system: Any, cases: EvalCases, *, target_type: str | None = None, num_beams: int = 20,
+                      max_history: int | None = None, ks: Iterable[int] = (10,),
+                      batch_size: int = 32) -> Callable[[Any], dict[str, float]]:
+    """A validation function for :class:`neo.training.train.Validation`: ``fn(model)`` ranks the
+    ``cases`` (validation targets, never test ones) with the system's tokenizer, index and catalog but
+    the given ``model`` (the one being trained), by constrained beam search with the history
+    excluded, and returns ``hr@K`` / ``ndcg@K`` for each ``K`` in ``ks``.
+
+    Parameters
+    ----------
+    system : NeoSystem
+        Its ``model`` is not used (the trained model is passed to ``fn``).
+    cases : EvalCases
+        Validation cases (:attr:`neo.evaluation.protocols.Split.valid`).
+    target_type, num_beams, max_history : as in :func:`neo_topk_fn`.
+    """
+    import copy
+
+    ks = tuple(ks)
+
+    def fn(model: Any) -> dict[str, float]:
+        view = copy.copy(system)
+        view.model = model
+        m = evaluate_topk(neo_topk_fn(view, target_type=target_type, num_beams=num_beams, max_history=max_history),
+                          cases, ks=ks, batch_size=batch_size)
+        return {key: m[key] for k in ks for key in (f"hr@{k}", f"ndcg@{k}")}
+
+    return fn
+
+
 def neo_search_fn(system: Any, *, target_type: str | None = None, num_beams: int = 30) -> Callable:
     """Ranked lists for text queries from a neo system's constrained beam search."""
     from ..lm.prompts import Prompt
@@ -250,14 +280,17 @@ def format_compliance(system: Any, histories: Sequence[np.ndarray], *, formats: 
                       constrained: bool = False, max_prompts: int = 20, max_new_tokens: int = 48) -> dict[str, float]:
     """Fraction of greedy answers in the requested output format.
 
-    ``ids``: at least one item, every item real, no words outside items; ``text``: words and no
-    item; ``mixed``: words and at least one item, every item real. With ``constrained=False`` this
-    measures what the model learned; with the constraints on, ``ids``/``text`` hold by construction.
+    ``ids``: at least one item, every item real, no words outside items (the answer is generated with
+    room for exactly the 5 spans asked for, since an ``ids`` answer continues the history); ``text``:
+    words and no item; ``mixed``: words and at least one item, every item real. With
+    ``constrained=False`` this measures what the model learned; with the constraints on, ``ids``/``text``
+    hold by construction.
     """
     from ..lm.prompts import Prompt
 
     out: dict[str, float] = {}
     hs = list(histories)[:max_prompts]
+    span_len = max(t.levels for t in system.vocab.layout.types) + 2
     for fmt in formats:
         task = {"ids": "recommend", "text": "describe_user", "mixed": "explain"}[fmt]
         prompts = []
@@ -267,6 +300,8 @@ def format_compliance(system: Any, histories: Sequence[np.ndarray], *, formats: 
                 prompts.append(Prompt(task="explain", history=h[:-1] or h, item=h[-1], format="mixed", template=0))
             else:
                 prompts.append(Prompt(task=task, history=h, k=5, format=fmt, template=0))
-        gens = system.generate(prompts, max_new_tokens=max_new_tokens, constrained=constrained)
+        # ids answers continue the history (no answer cue, no EOS): room for exactly the k spans asked for
+        n_new = 5 * span_len if fmt == "ids" else max_new_tokens
+        gens = system.generate(prompts, max_new_tokens=n_new, constrained=constrained)
         out[fmt] = float(np.mean([_complies(fmt, g.segments) for g in gens])) if gens else float("nan")
     return out

@@ -35,7 +35,7 @@ import torch
 from ..core.index import RowStatus, SidIndex
 from .device import DeviceDecodeState, DeviceIndex, build_filters, repeat_filters, resolve_backend
 from .processor import FORMATS, SidMasker
-from .prompts import Prompt, PromptBuilder, catalog_item
+from .prompts import is_sequence_prompt, Prompt, PromptBuilder, catalog_item
 from .vocab import SidVocab
 
 __all__ = ["ItemRef", "GenerationOutput", "parse_output", "generate", "topk_items", "recommend", "search",
@@ -165,8 +165,11 @@ def parse_output(token_ids: Sequence[int], tokenizer: Any, vocab: SidVocab, inde
 
 def _prepare(prompts: Sequence[Any], tokenizer: Any, vocab: SidVocab, index: SidIndex, catalog: Any,
              builder: PromptBuilder | None, overrides: dict[str, Any], open_span: bool = False,
-             ) -> tuple[list[list[int]], list[dict[str, Any]]]:
-    """Prompts (Prompt / str / id list) -> token ids and per-row decoder options."""
+             open_ids_answers: bool = False) -> tuple[list[list[int]], list[dict[str, Any]]]:
+    """Prompts (Prompt / str / id list) -> token ids and per-row decoder options.
+
+    ``open_ids_answers``: a sequence-shaped prompt (``recommend`` in the ``ids`` format) gets ``[SID]``
+    appended, so its answer starts with an item as its training continuations do (``opts["opened"]``)."""
     if isinstance(prompts, (str, Prompt)) or (len(prompts) and isinstance(prompts[0], (int, np.integer))):
         prompts = [prompts]  # a single prompt
     if builder is None:
@@ -174,8 +177,10 @@ def _prepare(prompts: Sequence[Any], tokenizer: Any, vocab: SidVocab, index: Sid
     ids_list, opts_list = [], []
     for p in prompts:
         if isinstance(p, Prompt):
-            ids = builder.encode(p, open_span=open_span)
             opts = builder.decoder_options(p, **overrides)
+            opened = open_ids_answers and not open_span and is_sequence_prompt(p) and opts.get("format") == "ids"
+            ids = builder.encode(p, open_span=open_span or opened)
+            opts["opened"] = opened
         else:
             if isinstance(p, str):
                 ids = tokenizer(p, add_special_tokens=True)["input_ids"]
@@ -287,6 +292,7 @@ def generate(
     constrained: bool = True,
     num_threads: int = 1,
     backend: str = "auto",
+    repetition_penalty: float = 1.0,
 ) -> list[GenerationOutput]:
     """Generate answers with every item span guaranteed to be a real catalog item.
 
@@ -305,13 +311,20 @@ def generate(
     do_sample, temperature, top_k, top_p, seed
         Sampling (``neo.kernels.sample_masked``: seeded Gumbel-max, reproducible on CPU and GPU).
     format, allowed_types, exclude, allow, max_items
-        Override what the prompts imply (same for every prompt).
+        Override what the prompts imply (same for every prompt). A ``recommend`` prompt in the ``ids``
+        format is a sequence (its answer continues the history): decoded under constraints, its answer
+        starts with ``[SID]`` as its training continuations do (the token is part of ``token_ids``).
     constrained : bool
         ``False`` decodes without any mask (for comparisons).
     num_threads : int
         Threads of the C++ core (CPU path).
     backend : ``"auto"`` | ``"core"`` | ``"device"`` | ``"triton"`` | ``"torch"``
         See the module doc: ``"auto"`` = device-resident state for a CUDA model, C++ core on CPU.
+    repetition_penalty : float
+        > 1 discourages repeating a text token already generated in the answer (CTRL-style: its
+        logit is divided by the penalty when positive, multiplied when negative); SID tokens are
+        exempt (repeated items are handled by ``exclude_emitted``). 1.0: off. Applied on the C++-core
+        path: a device backend falls back to it while the penalty is on.
 
     Returns
     -------
@@ -322,11 +335,12 @@ def generate(
     device = model.device
     use_device, kernels = resolve_backend(backend, device)
     overrides = dict(format=format, allowed_types=allowed_types, exclude=exclude, allow=allow, max_items=max_items)
-    ids_list, opts = _prepare(prompts, tokenizer, vocab, index, catalog, builder, overrides)
+    ids_list, opts = _prepare(prompts, tokenizer, vocab, index, catalog, builder, overrides,
+                              open_ids_answers=constrained)
     eos = _eos_ids(tokenizer, model, eos_token_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     B = len(ids_list)
-    if use_device:
+    if use_device and repetition_penalty == 1.0:
         return _generate_device(model, tokenizer, vocab, index, catalog, ids_list, opts, eos, pad,
                                 max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                 top_k=top_k, top_p=top_p, seed=seed, exclude_emitted=exclude_emitted,
@@ -343,7 +357,11 @@ def generate(
     out_tokens = np.full((B, max_new_tokens), -1, dtype=np.int64)
     finished = np.zeros(B, dtype=bool)
     eos_set = np.asarray(eos)
+    seen = torch.zeros_like(logits, dtype=torch.bool) if repetition_penalty != 1.0 else None
     for step in range(max_new_tokens):
+        if seen is not None and step:
+            pen = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+            logits = torch.where(seen, pen, logits)
         if constrained:
             masker.apply(logits)
         if do_sample and temperature > 0:
@@ -360,6 +378,9 @@ def generate(
         if constrained and live.size:
             masker.advance(tok[live], live if live.size < B else None)
         out_tokens[live, step] = tok[live]
+        if seen is not None:
+            text_rows = live[(tok[live] < vocab.token_begin) | (tok[live] >= vocab.token_end)]
+            seen[torch.as_tensor(text_rows, device=device), torch.as_tensor(tok[text_rows], device=device)] = True
         finished |= np.isin(tok, eos_set) | bad
         if finished.all() or step == max_new_tokens - 1:
             break
@@ -368,7 +389,7 @@ def generate(
     st = masker.state.status
     results = []
     for r in range(B):
-        toks = [int(t) for t in out_tokens[r] if t >= 0]
+        toks = [vocab.open_id] * bool(opts[r].get("opened")) + [int(t) for t in out_tokens[r] if t >= 0]
         segs = parse_output(toks, tokenizer, vocab, index, catalog)
         status = RowStatus.NAMES[int(st[r])] if constrained else "unconstrained"
         err = masker.state.error(r) if constrained else ""
@@ -447,7 +468,7 @@ def _generate_device(model: Any, tokenizer: Any, vocab: SidVocab, index: SidInde
     st = state.status_host() if state is not None else None
     results = []
     for r in range(B):
-        toks = [int(t) for t in toks_host[r] if t >= 0]
+        toks = [vocab.open_id] * bool(opts[r].get("opened")) + [int(t) for t in toks_host[r] if t >= 0]
         segs = parse_output(toks, tokenizer, vocab, index, catalog)
         status = RowStatus.NAMES[int(st[r])] if st is not None else "unconstrained"
         err = state.error(r) if st is not None and int(st[r]) == RowStatus.ERROR else ""
@@ -812,7 +833,9 @@ def search(model: Any, tokenizer: Any, vocab: SidVocab, index: SidIndex, query: 
 
 
 def describe_user(model: Any, tokenizer: Any, vocab: SidVocab, index: SidIndex, history: Sequence[Any], *,
-                  catalog: Any = None, max_new_tokens: int = 64, **kwargs: Any) -> GenerationOutput:
-    """A text description of a user's taste (``text`` format: no items)."""
+                  catalog: Any = None, max_new_tokens: int = 64, repetition_penalty: float = 1.3,
+                  **kwargs: Any) -> GenerationOutput:
+    """A text description of a user's taste (``text`` format: no items; repeated words penalised)."""
     p = Prompt(task="describe_user", history=list(history))
-    return generate(model, tokenizer, vocab, index, [p], catalog=catalog, max_new_tokens=max_new_tokens, **kwargs)[0]
+    return generate(model, tokenizer, vocab, index, [p], catalog=catalog, max_new_tokens=max_new_tokens,
+                    repetition_penalty=repetition_penalty, **kwargs)[0]

@@ -7,6 +7,20 @@ steers both the model and the constraints unless the caller overrides them.
 
 History items are written as SID spans ``[SID] c1 .. cL [/SID]`` (ids are inserted directly, not
 re-tokenised from strings, so rendering never depends on how a tokenizer splits added tokens).
+
+Two prompt shapes:
+
+* **Recommendation as a sequence** (task ``recommend``, format ``ids``): a short instruction naming
+  the target type(s), then the history as SID spans back to back, and nothing after it::
+
+      Next movies:[SID] a1 a2 [/SID][SID] b1 b2 [/SID]...[SID] h1 h2 [/SID]
+
+  The answer is the continuation of the sequence (the next spans), so one training pass over a
+  user's sequence teaches every position (:meth:`neo.training.tasks.TaskBuilder.rec_sequences`), and
+  the prompt used at inference (``recommend``, ``topk_items``, the evaluation) is exactly a training
+  prefix. ``k`` is not written: the decoder stops after ``k`` items (``max_items``).
+* **Every other task and format**: a paraphrase template with the history as spans separated by
+  ``", "``, ending with ``"\nAnswer:"``; the answer follows it.
 """
 
 from __future__ import annotations
@@ -21,19 +35,20 @@ from ..core.index import SidIndex
 from ..core.errors import NeoDataError
 from .vocab import SidVocab
 
-__all__ = ["Prompt", "PromptBuilder", "TASKS", "FORMATS", "TEMPLATES", "PromptError", "catalog_row", "catalog_item"]
+__all__ = ["Prompt", "PromptBuilder", "TASKS", "FORMATS", "TEMPLATES", "REC_PROSE_TEMPLATES", "PromptError",
+           "catalog_row", "catalog_item", "is_sequence_prompt"]
 
 TASKS = ("recommend", "search", "describe_user", "explain", "free")
 FORMATS = ("ids", "text", "mixed")
 DEFAULT_FORMAT = {"recommend": "ids", "search": "ids", "describe_user": "text", "explain": "mixed", "free": "mixed"}
 
 # Paraphrases per task. Fields: {types} {k} {history} {query} {user} {item} {instruction} {fmt}.
+# ``recommend`` (ids format) is the sequence shape: the instruction, then the history spans, nothing after.
 TEMPLATES: dict[str, list[str]] = {
     "recommend": [
-        "{user}The user interacted with: {history}. Recommend {k} {types} they will like. {fmt}",
-        "{user}History: {history}. Suggest {k} more {types}. {fmt}",
-        "{user}Given these past items: {history}, what {k} {types} should the user try next? {fmt}",
-        "{user}Based on {history}, pick {k} {types} for this user. {fmt}",
+        "{user}{instruction}Next {types}:{history}",
+        "{user}{instruction}Recommend {types} after:{history}",
+        "{user}{instruction}Continue with {types}:{history}",
     ],
     "search": [
         "{user}Find {k} {types} matching: {query}. {fmt}",
@@ -54,6 +69,13 @@ TEMPLATES: dict[str, list[str]] = {
         "{user}{instruction} {history_clause}{fmt}",
     ],
 }
+# ``recommend`` in the ``mixed``/``text`` formats (answers in prose, e.g. with an explanation)
+REC_PROSE_TEMPLATES = [
+    "{user}The user interacted with: {history}. Recommend {k} {types} they will like. {fmt}",
+    "{user}History: {history}. Suggest {k} more {types}. {fmt}",
+    "{user}Given these past items: {history}, what {k} {types} should the user try next? {fmt}",
+    "{user}Based on {history}, pick {k} {types} for this user. {fmt}",
+]
 FORMAT_HINTS = {
     "ids": ["Answer with items only.", "Reply with a list of items.", "Only list the items."],
     "text": ["Answer in words, without items.", "Reply in plain text.", "Use prose only."],
@@ -110,6 +132,12 @@ class Prompt:
     @property
     def output_format(self) -> str:
         return self.format or DEFAULT_FORMAT.get(self.task, "mixed")
+
+
+def is_sequence_prompt(p: Prompt) -> bool:
+    """Whether ``p`` renders in the sequence shape (``recommend`` in the ``ids`` format): the answer is the
+    continuation of the history, with no ``"\nAnswer:"`` between them."""
+    return p.task == "recommend" and p.output_format == "ids"
 
 
 def catalog_row(catalog: Any, item: str | int, n_items: int | None = None) -> int:
@@ -223,11 +251,15 @@ class PromptBuilder:
         return self.vocab.span_ids([int(t) for t in toks[0] if t >= 0])
 
     def segments(self, p: Prompt) -> list[str | list[int]]:
-        """The prompt as text pieces and SID spans (lists of ids, delimiters included)."""
+        """The prompt as text pieces and SID spans (lists of ids, delimiters included).
+
+        A ``recommend`` prompt in the ``ids`` format is the sequence shape (instruction, then the history
+        spans back to back, nothing after them); every other prompt ends with ``"\nAnswer:"``."""
         self.validate(p)
         types = self._types(p)
         rows = self._rows(list(p.history), "history")
-        templates = TEMPLATES[p.task]
+        seq = is_sequence_prompt(p)
+        templates = TEMPLATES[p.task] if (p.task != "recommend" or seq) else REC_PROSE_TEMPLATES
         if p.template is not None:
             if not 0 <= p.template < len(templates):
                 raise PromptError(f"task {p.task!r} has templates 0..{len(templates) - 1}, got {p.template}")
@@ -237,34 +269,36 @@ class PromptBuilder:
         hints = FORMAT_HINTS[p.output_format]
         hint = hints[ti % len(hints)]
         type_words = " or ".join(types) if len(types) > 1 else types[0]
-        type_words = type_words + ("s" if (p.k or 2) > 1 else "")
+        type_words = type_words + ("s" if seq or (p.k or 2) > 1 else "")
         user = ""
         if p.user:
             user = "User: " + ", ".join(f"{k}: {v}" for k, v in p.user.items()) + ". "
         fields: dict[str, Any] = {
             "types": type_words, "k": p.k or 10, "query": p.query or "", "user": user, "fmt": hint,
-            "instruction": p.instruction or "", "history_clause": "History: {history}. " if len(rows) else "",
+            "instruction": (p.instruction + " " if seq and p.instruction else p.instruction or ""),
+            "history_clause": "History: {history}. " if len(rows) else "",
         }
         tpl = templates[ti]
         tpl = tpl.replace("{history_clause}", fields.pop("history_clause"))
-        if p.instruction and p.task != "free":
+        if p.instruction and p.task != "free" and not seq:
             tpl = tpl + " " + p.instruction
         # split the template at {history} / {item}, which become spans
         out: list[str | list[int]] = []
         pieces = _split_keep(tpl, ("{history}", "{item}"))
         for piece in pieces:
             if piece == "{history}":
-                if len(rows) == 0:
+                if len(rows) == 0 and not seq:
                     out.append("nothing yet")
                 for i, r in enumerate(rows):
-                    if i:
+                    if i and not seq:
                         out.append(", ")
                     out.append(self._span(int(r)))
             elif piece == "{item}":
                 out.append(self._span(int(self._rows([p.item], "item")[0])))  # type: ignore[list-item]
             else:
                 out.append(piece.format(**fields))
-        out.append("\nAnswer:")
+        if not seq:
+            out.append("\nAnswer:")
         return [s for s in out if not (isinstance(s, str) and s == "")]
 
     def text(self, p: Prompt) -> str:

@@ -2,8 +2,11 @@
 
 Every example is a ``(prompt, completion)`` pair of *segments* (text pieces and SID spans given as token
 ids, delimiters included), so rendering never depends on how a tokenizer splits the SID strings; the
-prompt ends with ``"\\nAnswer:"`` exactly like :meth:`neo.PromptBuilder.encode` renders a request at
-inference time, and the completion is what the model must write after it.
+prompt is exactly what :meth:`neo.PromptBuilder.encode` renders for the same request at inference time
+(ending with ``"\\nAnswer:"``, except recommendation in the ``ids`` format, whose prompt ends with the
+history), and the completion is what the model must write after it. A completion may mark some of its
+segments as context only (``Example.loss``): that is how one example teaches every position of a
+sequence.
 
 Alignment tasks (stage 1: teach the new SID rows what each item is)
     ``sid_to_text``  ``What is [SID]..[/SID]?`` -> the item's title and attributes;
@@ -11,14 +14,20 @@ Alignment tasks (stage 1: teach the new SID rows what each item is)
     ``sid_to_type``  a span -> the item type.
 
 Instruction tasks (stage 2), all rendered through :class:`neo.Prompt` and its paraphrase templates
-    ``recommend``         history of spans -> the next item of a requested type (``ids``);
-    ``recommend_list``    history -> the next ``k`` items of that type (``ids``, separated by ``", "``);
+    ``recommend``         every next item of a user's sequence, in one pass (:meth:`TaskBuilder.rec_sequences`):
+                          the prompt names the target type (``Next movies:``), then the user's items
+                          follow as SID spans back to back, and every span of the target type carries
+                          loss, predicted from everything before it -- the GPT-style recommender
+                          objective (SASRec/HSTU); built lazily, one window at a time;
+    ``recommend_list``    history -> the next ``k`` items of one sampled position (the same prompt shape;
+                          :meth:`TaskBuilder.recommend`, one target position per example);
     ``recommend_mixed``   history -> the next ``k`` items written in prose with their titles (``mixed``);
     ``search``            a natural-language query (an item's title, or attributes such as genres/tags)
                           -> the matching items, most popular first;
     ``describe_user``     history -> a short interest profile built from the history items' attributes;
     ``recommend_explain`` history -> the next item plus a justification naming the attributes it
-                          shares with history items (cited as spans);
+                          shares with history items (cited as spans; items are named by their spans
+                          only, never followed by a title the model could get wrong);
     ``explain``           history + item -> that justification.
 
 "Attributes" are the values of the catalog's attribute text fields (default: every text field but the
@@ -42,16 +51,18 @@ import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from ..lm.prompts import Prompt, PromptBuilder
+from ..lm.prompts import REC_PROSE_TEMPLATES, TEMPLATES, Prompt, PromptBuilder
 
 from ..core.errors import NeoDataError
 
 __all__ = [
     "Example", "EvalCase", "InteractionReport", "Interactions", "Split", "TaskBuilder", "TaskDataError",
+    "RecWindow", "RecSequences", "DEFAULT_INSTRUCTION_TASKS",
     "load_interactions", "split_interactions", "ALIGN_TASKS", "INSTRUCTION_TASKS", "ALIGN_TEMPLATES",
     "ITEM_SEPARATOR", "ANSWER_SUFFIX", "validate_examples",
 ]
@@ -59,6 +70,9 @@ __all__ = [
 ALIGN_TASKS = ("sid_to_text", "text_to_sid", "sid_to_type")
 INSTRUCTION_TASKS = ("recommend", "recommend_list", "recommend_mixed", "search", "describe_user",
                      "recommend_explain", "explain")
+# ``recommend_list`` is left out by default: every ``recommend`` window already teaches the next k items
+DEFAULT_INSTRUCTION_TASKS = ("recommend", "recommend_mixed", "search", "describe_user", "recommend_explain",
+                             "explain")
 ITEM_SEPARATOR = ", "  # between spans in the ``ids`` format; pass its token ids as decoder separators
 ANSWER_SUFFIX = "\nAnswer:"  # what PromptBuilder ends every prompt with
 
@@ -91,20 +105,29 @@ class Example:
     task : str
         Task name (:data:`ALIGN_TASKS` or :data:`INSTRUCTION_TASKS`).
     prompt, completion : list of (str | list of int)
-        Text pieces and SID spans (token ids with delimiters). The prompt ends with
-        :data:`ANSWER_SUFFIX`.
+        Text pieces and SID spans (token ids with delimiters). The prompt is what inference renders
+        for the same request.
     meta : dict
         Provenance: user, target rows, template index, ...
+    loss : list of bool, optional
+        Per completion segment: whether its tokens carry loss (default: all). Context-only segments
+        (e.g. the first item of a sequence window, items of another type) are inputs only.
+    eos : bool
+        Whether EOS follows the completion (the model learns to stop). Sequence examples have none:
+        the sequence goes on after the window.
     """
 
     task: str
     prompt: list[str | list[int]]
     completion: list[str | list[int]]
     meta: dict[str, Any] = field(default_factory=dict)
+    loss: list[bool] | None = None
+    eos: bool = True
 
     def encode(self, tokenizer: Any, *, add_bos: bool = True, add_eos: bool = True) -> tuple[list[int], list[int]]:
         """``(prompt_ids, completion_ids)``: BOS + prompt exactly as :meth:`PromptBuilder.encode`
-        would render it, and the completion followed by EOS (so the model learns to stop)."""
+        would render it, and the completion followed by EOS (so the model learns to stop; not for
+        examples with ``eos=False``)."""
         p: list[int] = []
         bos = getattr(tokenizer, "bos_token_id", None)
         if add_bos and bos is not None:
@@ -112,21 +135,55 @@ class Example:
         p += _encode_segments(self.prompt, tokenizer)
         c = _encode_segments(self.completion, tokenizer)
         eos = getattr(tokenizer, "eos_token_id", None)
-        if add_eos and eos is not None:
+        if add_eos and self.eos and eos is not None:
             c.append(int(eos))
         return p, c
+
+    def encode_labeled(self, tokenizer: Any, *, add_bos: bool = True, add_eos: bool = True,
+                       cache: dict[str, list[int]] | None = None) -> tuple[list[int], list[int], int]:
+        """``(input_ids, labels, n_prompt)``: the whole example with ``-100`` on the prompt and on
+        context-only completion segments; ``n_prompt`` is the number of prompt tokens (BOS included).
+
+        ``cache`` memoises the token ids of text pieces (the instructions repeat across examples)."""
+        ids: list[int] = []
+        bos = getattr(tokenizer, "bos_token_id", None)
+        if add_bos and bos is not None:
+            ids.append(int(bos))
+        ids += _encode_segments(self.prompt, tokenizer, cache)
+        n_prompt = len(ids)
+        labels = [-100] * n_prompt
+        flags = self.loss if self.loss is not None else [True] * len(self.completion)
+        if len(flags) != len(self.completion):
+            raise TaskDataError(f"example of task {self.task!r}: {len(flags)} loss flags for {len(self.completion)} "
+                                "completion segments")
+        for seg, on in zip(self.completion, flags):
+            part = _encode_segments([seg], tokenizer, cache)
+            ids += part
+            labels += part if on else [-100] * len(part)
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if add_eos and self.eos and eos is not None:
+            ids.append(int(eos))
+            labels.append(int(eos))
+        return ids, labels, n_prompt
 
     def text(self, vocab: Any) -> tuple[str, str]:
         """Prompt and completion as strings (spans written with the SID token strings)."""
         return _segments_text(self.prompt, vocab), _segments_text(self.completion, vocab)
 
 
-def _encode_segments(segs: Sequence[str | list[int]], tokenizer: Any) -> list[int]:
+def _encode_segments(segs: Sequence[str | list[int]], tokenizer: Any,
+                     cache: dict[str, list[int]] | None = None) -> list[int]:
     ids: list[int] = []
     for s in segs:
         if isinstance(s, str):
-            if s:
-                ids.extend(tokenizer(s, add_special_tokens=False)["input_ids"])
+            if not s:
+                continue
+            got = cache.get(s) if cache is not None else None
+            if got is None:
+                got = tokenizer(s, add_special_tokens=False)["input_ids"]
+                if cache is not None and len(cache) < 200_000:
+                    cache[s] = got
+            ids.extend(got)
         else:
             ids.extend(int(t) for t in s)
     return ids
@@ -410,6 +467,72 @@ def _join_words(words: Sequence[str]) -> str:
     return ", ".join(words[:-1]) + " and " + words[-1]
 
 
+@dataclass
+class RecWindow:
+    """One window of a user's training sequence, rendered lazily into a ``recommend`` example.
+
+    Attributes
+    ----------
+    user : str
+    rows : int64 array
+        The window's items (catalog rows with a SID), oldest first.
+    first_target : int
+        Items before this index are context only (they were targets of the previous window).
+    target_types : list of str or None
+        Spans of these types carry loss and the prompt asks for them (None: every type).
+    template : int
+        Paraphrase of the instruction.
+    """
+
+    user: str
+    rows: np.ndarray
+    first_target: int
+    target_types: list[str] | None
+    template: int = 0
+
+    def target_positions(self, type_of: Callable[[int], str]) -> list[int]:
+        """Indices into ``rows`` whose spans carry loss."""
+        return [j for j in range(self.first_target, len(self.rows))
+                if self.target_types is None or type_of(int(self.rows[j])) in self.target_types]
+
+
+class RecSequences(Sequence):
+    """The ``recommend`` examples of :meth:`TaskBuilder.rec_sequences`: windows kept as item rows and
+    rendered into :class:`Example` objects only when indexed, so nothing is built or encoded before the
+    first training step. Indexing is deterministic (same index, same example).
+
+    Attributes
+    ----------
+    windows : list of RecWindow
+    """
+
+    def __init__(self, builder: "TaskBuilder", windows: list[RecWindow]):
+        self.builder = builder
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> Example:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]  # type: ignore[return-value]
+        return self.builder.rec_example(self.windows[int(i)])
+
+    def count_targets(self) -> int:
+        """Spans carrying loss over all windows (each training position of each requested type once)."""
+        tf = self.builder.catalog.type_of
+        return sum(len(w.target_positions(tf)) for w in self.windows)
+
+    def by_type(self) -> dict[str, "RecSequences"]:
+        """The windows grouped by requested type (``"any"`` for windows asking for every type), so a rare
+        type can get its own mixing weight."""
+        out: dict[str, list[RecWindow]] = {}
+        for w in self.windows:
+            key = w.target_types[0] if w.target_types and len(w.target_types) == 1 else "any"
+            out.setdefault(key, []).append(w)
+        return {k: RecSequences(self.builder, v) for k, v in out.items()}
+
+
 class TaskBuilder:
     """Build alignment and instruction examples for one catalog.
 
@@ -456,6 +579,7 @@ class TaskBuilder:
         self.max_attributes = int(max_attributes)
         self.skipped: Counter = Counter()
         self._attrs: dict[int, tuple[str, ...]] = {}
+        self._spans: dict[int, list[int]] = {}
         n = len(catalog)
         types, _ = builder.index.item_tokens(np.arange(n, dtype=np.int32))
         self._has_sid = np.asarray(types) >= 0  # unreachable items (popular-wins collisions) have none
@@ -484,7 +608,12 @@ class TaskBuilder:
         return self.title(row) + (". " + ", ".join(attrs) if attrs else "")
 
     def span(self, row: int) -> list[int]:
-        return self.builder._span(int(row))
+        """The item's SID span (token ids, delimiters included); cached per row."""
+        row = int(row)
+        sp = self._spans.get(row)
+        if sp is None:
+            sp = self._spans[row] = self.builder._span(row)
+        return list(sp)
 
     def _check_rows(self, rows: Iterable[int], what: str) -> np.ndarray:
         r = np.asarray(list(rows), dtype=np.int64)
@@ -583,9 +712,101 @@ class TaskBuilder:
             segs.append(self.span(r))
         return segs
 
+    def rec_sequences(self, sequences: Any, *, window: int | None = None, stride: int | None = None,
+                      target_types: str | Sequence[str] = "each", templates: int | None = None) -> RecSequences:
+        """``recommend`` examples over every position of every training sequence (lazy).
+
+        Each user's sequence is cut into windows of at most ``window + 1`` items, the last ending at
+        the sequence end; each window's targets are its last ``stride`` items (the items before them
+        are context only), so every item is a target exactly once: predicted from up to ``window``
+        earlier items (the history a prompt shows at inference) and never from itself or anything
+        later. With ``stride == window`` (default, as SASRec cuts sequences) consecutive windows share
+        one item; a smaller stride gives every target at least ``window - stride`` items of context for
+        ``window / stride`` times the tokens. The first item of a user is predicted from the instruction
+        alone (the cold-start prior). An example renders as::
+
+            prompt:     Next movies:
+            completion: [SID] a [/SID][SID] b [/SID] ... [SID] z [/SID]   (loss on the target spans)
+
+        which is, prefix by prefix, exactly the prompt of :meth:`neo.PromptBuilder.encode` for the
+        history so far (``Prompt(task="recommend", format="ids")``) followed by the next item.
+
+        Parameters
+        ----------
+        sequences : Split (its ``train`` part), Interactions or mapping user -> rows
+        window : int, optional
+            Most history items an item is predicted from (default: the builder's ``max_history``).
+        stride : int, optional
+            Targets per window (default ``window``).
+        target_types : "each", "any", a type name or a list of them
+            ``"each"``: one example per window and item type present among its targets, asking for
+            that type, with loss on that type's spans only (the other items are context), so the
+            prompt's type steers the answer; ``"any"``: one example per window asking for every
+            type; a name or list: only windows' examples for those types.
+        templates : int, optional
+            Instruction paraphrases drawn per window (default: all; 1 = always the first, the one
+            inference uses by default).
+
+        Returns
+        -------
+        RecSequences
+            Lazily rendered examples (``len`` and indexing work without rendering the others).
+        """
+        w = int(self.max_history if window is None else window)
+        st = int(w if stride is None else stride)
+        if w < 1 or not 1 <= st <= w:
+            raise TaskDataError(f"window must be >= 1 and 1 <= stride <= window, got window={w}, stride={st}")
+        names = list(getattr(self.catalog, "type_names", []) or [])
+        if isinstance(target_types, str) and target_types not in ("each", "any"):
+            target_types = [target_types]
+        if not isinstance(target_types, str):
+            if bad := [t for t in target_types if names and t not in names]:
+                raise TaskDataError(f"target_types {bad} are not catalog types {names}")
+        n_tpl = len(TEMPLATES["recommend"]) if templates is None else max(1, min(int(templates),
+                                                                               len(TEMPLATES["recommend"])))
+        task = "recommend"
+        rng = _rng(self.seed, "rec_sequences")
+        type_of = self.catalog.type_of
+        out: list[RecWindow] = []
+        for u, seq in self._sequences(sequences):
+            keep = self._has_sid[seq]
+            if not keep.all():
+                self.skipped[f"{task}: items without a SID"] += int((~keep).sum())
+                seq = seq[keep]
+            if len(seq) < 1:
+                self.skipped[f"{task}: empty sequence"] += 1
+                continue
+            for e in list(range(len(seq), 0, -st))[::-1]:
+                t0 = max(0, e - st)  # this window's targets are seq[t0:e]; what precedes them is context
+                b = max(0, e - w - 1)
+                rows = seq[b:e].copy()
+                first = t0 - b
+                if target_types == "any":
+                    wanted: list[list[str] | None] = [None]
+                else:
+                    present = list(dict.fromkeys(type_of(int(r)) for r in rows[first:]))
+                    wanted = [[t] for t in present if target_types == "each" or t in target_types]
+                for tt in wanted:
+                    out.append(RecWindow(u, rows, first, tt, self._template(rng, n_tpl)))
+        return RecSequences(self, out)
+
+    def rec_example(self, win: RecWindow) -> Example:
+        """Render one :class:`RecWindow` (see :meth:`rec_sequences`)."""
+        p = Prompt(task="recommend", target_types=win.target_types, format="ids", history=[], template=win.template)
+        prompt = self.builder.segments(p)
+        targets = set(win.target_positions(self.catalog.type_of))
+        completion = [self.span(int(r)) for r in win.rows]
+        loss = [j in targets for j in range(len(win.rows))]
+        return Example("recommend", prompt, completion,  # type: ignore[arg-type]
+                       {"user": win.user, "rows": win.rows.tolist(), "first_target": win.first_target,
+                        "target_types": win.target_types, "template": win.template}, loss=loss, eos=False)
+
     def recommend(self, sequences: Any, *, k: int = 1, format: str = "ids", max_per_user: int | None = 5,
                   task: str | None = None) -> list[Example]:
         """Next item(s) of a requested type from a history of spans.
+
+        One sampled target position per example (see :meth:`rec_sequences` for every position in
+        one pass, the default ``recommend`` task).
 
         Parameters
         ----------
@@ -594,8 +815,9 @@ class TaskBuilder:
         k : int
             Items in the answer (``k > 1``: a list of the next ``k`` items of the requested type).
         format : {"ids", "mixed"}
-            ``ids``: spans separated by :data:`ITEM_SEPARATOR`; ``mixed``: prose naming each item as a
-            span followed by its title.
+            ``ids``: the sequence prompt shape, the answer being the next ``k`` spans back to back
+            (no EOS: the decoder stops after ``k`` items); ``mixed``: prose naming each item by its
+            span.
         max_per_user : int, optional
             Target positions sampled per user (the last one always included).
         """
@@ -624,18 +846,20 @@ class TaskBuilder:
                 if len(targets) < k:
                     self.skipped[f"{task}: fewer than {k} future items"] += 1
                     continue
-                ti = self._template(rng, 4)
+                ti = self._template(rng, len(TEMPLATES["recommend"]) if format == "ids" else len(REC_PROSE_TEMPLATES))
                 p = Prompt(task="recommend", target_types=[typ], format=format, history=hist, k=k, template=ti)
                 if format == "ids":
-                    completion = self._spans_list(targets)
+                    completion = [self.span(r) for r in targets]
                 else:
                     completion = [f" Here {'is' if k == 1 else 'are'} {k} {self._type_word(typ, k > 1)}: "]
                     for j, r in enumerate(targets):
                         if j:
                             completion.append(", " if j < len(targets) - 1 else " and ")
-                        completion += [self.span(r), f" {self.title(r)}"]
+                        completion.append(self.span(r))
                     completion.append(".")
-                out.append(self._prompt_example(task, p, completion, user=u, history=hist, targets=targets))
+                ex = self._prompt_example(task, p, completion, user=u, history=hist, targets=targets)
+                ex.eos = format != "ids"
+                out.append(ex)
         return out
 
     def describe_user(self, sequences: Any, *, max_per_user: int | None = 1, top: int = 4) -> list[Example]:
@@ -721,7 +945,7 @@ class TaskBuilder:
                 else:
                     p = Prompt(task="recommend", target_types=[typ], format="mixed", history=hist, k=1,
                                template=self._template(rng, 4), instruction="Explain why.")
-                    completion = [" ", self.span(target), f" {self.title(target)}."] + reason
+                    completion = [" ", self.span(target), "."] + reason
                 out.append(self._prompt_example(task, p, completion, user=u, history=hist, targets=[target], cited=cited,
                                                 shared=shared))
         return out
@@ -795,26 +1019,39 @@ class TaskBuilder:
         return out
 
     # ------------------------------------------------------------------ everything
-    def instruction(self, sequences: Any, *, tasks: Sequence[str] = INSTRUCTION_TASKS, list_k: int = 3,
-                    max_per_user: int | None = 5, search_examples: int | None = None) -> dict[str, list[Example]]:
+    def instruction(self, sequences: Any, *, tasks: Sequence[str] = DEFAULT_INSTRUCTION_TASKS, list_k: int = 3,
+                    max_per_user: int | None = 5, search_examples: int | None = None, window: int | None = None,
+                    rec_types: str | Sequence[str] = "each", per_type: bool = False) -> dict[str, Sequence[Example]]:
         """All instruction tasks, grouped by task (feed to :func:`neo.train.instruct` with weights).
 
         Parameters
         ----------
         sequences : Split (its ``train`` part), Interactions or mapping user -> rows.
-        tasks : subset of :data:`INSTRUCTION_TASKS`.
+        tasks : subset of :data:`INSTRUCTION_TASKS` (default :data:`DEFAULT_INSTRUCTION_TASKS`).
         list_k : int
             Items per answer of ``recommend_list`` and ``recommend_mixed``.
         max_per_user : int, optional
-            Target positions per user for the recommendation tasks.
+            Target positions per user for the sampled-position tasks (lists, mixed, explanations).
         search_examples : int, optional
             Cap on search examples.
+        window, rec_types : passed to :meth:`rec_sequences` (the ``recommend`` task, lazy).
+        per_type : bool
+            Give the ``recommend`` windows of each item type but the most frequent one their own pool,
+            ``recommend_<type>`` (e.g. ``recommend_tag``), so that a rare type can be weighted up and
+            its prompts steer (the most frequent type stays ``recommend``).
         """
         if bad := [t for t in tasks if t not in INSTRUCTION_TASKS]:
             raise TaskDataError(f"unknown instruction task(s) {bad}; use {INSTRUCTION_TASKS}")
-        out: dict[str, list[Example]] = {}
+        out: dict[str, Sequence[Example]] = {}
         if "recommend" in tasks:
-            out["recommend"] = self.recommend(sequences, k=1, max_per_user=max_per_user)
+            rec = self.rec_sequences(sequences, window=window, target_types=rec_types)
+            if per_type:
+                groups = rec.by_type()
+                main = max(groups, key=lambda k: len(groups[k])) if groups else None
+                out["recommend"] = groups.pop(main) if main is not None else rec
+                out.update({f"recommend_{t}": g for t, g in groups.items()})
+            else:
+                out["recommend"] = rec
         if "recommend_list" in tasks:
             out["recommend_list"] = self.recommend(sequences, k=list_k, max_per_user=max_per_user)
         if "recommend_mixed" in tasks:

@@ -125,8 +125,11 @@ def test_build_train_eval_on_user_files(fmt, tmp_path, tiny_model_dir):
     assert rep["model"]["pretrained"] is bool(model)
     assert set(rep["timings_s"]) >= {"read", "embeddings", "sids", "model", "adapt", "save", "total"}
 
-    assert main(["train", "instruct", "--system", str(sysdir), "--interactions", ip, *opts, "--output",
+    # the command: no stage given -> align (pre-trained backbone only), then instruct
+    assert main(["train", "--system", str(sysdir), "--interactions", ip, *opts, "--output",
                  str(rundir), "--max-steps", "2", "--batch-size", "8"]) == 0
+    log = json.loads((rundir / "train_log.json").read_text())
+    assert log["stage"] == ("align+instruct" if model else "instruct"), log["stage"]
     assert main(["eval", "--system", str(rundir / "system"), "--interactions", ip, *opts, "--baselines",
                  "random,popularity", "--num-beams", "4", "--no-progress", "--json", str(js), "--threads", "1"]) == 0
     res = json.loads(js.read_text())

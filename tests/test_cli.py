@@ -102,3 +102,9 @@ def test_missing_file_is_one_line_and_debug_shows_the_traceback(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and str(missing) in r.stderr, r.stderr
     r = _run("eval", "--debug", "--data", str(missing))
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_train_without_interactions_is_one_line_and_exit_2(tmp_path):
+    r = _run("train", "--system", str(tmp_path), "--output", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == "neo train: error: neo train all needs --interactions (the user-item events to train on)"

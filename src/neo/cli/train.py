@@ -1,4 +1,8 @@
-"""``neo train {align,instruct}``: staged training of a saved neo system on Hugging Face ``Trainer``.
+"""``neo train [align|instruct|all]``: staged training of a saved neo system on Hugging Face ``Trainer``.
+
+Without a stage (``all``): alignment first when the backbone is pre-trained (the new SID rows learn while
+the rest stays frozen), then the instruction stage; a backbone trained from scratch (``neo build`` without
+``--model``) skips alignment, since the instruction stage trains every weight anyway.
 
 neo's own options come first; any Hugging Face ``TrainingArguments`` field may follow the stage, with its
 own name (``--gradient_checkpointing true``, ``--report_to tensorboard``, ``--bf16``, ``--torch_compile``,
@@ -91,8 +95,9 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ())
     p = subparsers.add_parser("train", help=HELP, parents=list(parents), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.__class__ = _train_parser_class(type(p))
-    p.add_argument("stage", choices=["align", "instruct"],
-                   help="align: train only the SID rows of the embeddings and LM head; instruct: the task mixture")
+    p.add_argument("stage", nargs="?", default="all", choices=["align", "instruct", "all"],
+                   help="align: train only the SID rows of the embeddings and LM head; instruct: the task mixture; "
+                        "all (default): align when the backbone is pre-trained, then instruct")
     p.add_argument("--system", required=True, help="a saved neo system directory (NeoSystem.save)")
     add_interaction_args(p, help="user-item interactions (needed by instruct), items named as in the system's "
                                  "catalog; CSV, TSV, JSONL, JSON or Parquet, read as neo build and neo eval read them")
@@ -178,15 +183,19 @@ def run(a: argparse.Namespace) -> int:
     from ..lm.prompts import PromptBuilder
     from ..lm.system import NeoSystem
     from ..training.tasks import TaskBuilder
-    from ..training.train import align, instruct
+    from ..core.errors import NeoDataError
+    from ..training.train import align, backbone_kind, instruct
 
     hf = dict(getattr(a, "training_args", {}) or {})
     for k, neo_name in HF_TO_NEO.items():
         if k in hf:
             setattr(a, neo_name, hf.pop(k))
+    if a.stage in ("instruct", "all") and not a.interactions:
+        raise NeoDataError(f"neo train {a.stage} needs --interactions (the user-item events to train on)")
     system = NeoSystem.load(a.system)
     if system.catalog is None:
-        raise SystemExit(f"neo train: error: {a.system} holds no catalog; task builders need one")
+        raise NeoDataError(f"{a.system}: the system holds no catalog, and the task builders need one; "
+                           "build it with `neo build --catalog ...`")
     tb = TaskBuilder(PromptBuilder(system.tokenizer, system.vocab, system.index, system.catalog), system.catalog,
                      seed=a.seed, max_history=a.window)
     extra: dict[str, Any] = {}
@@ -201,18 +210,22 @@ def run(a: argparse.Namespace) -> int:
                   max_length=a.max_length, packing=a.packing, save_steps=a.save_steps,
                   logging_steps=a.logging_steps, resume_from_checkpoint=True if a.resume else None, seed=a.seed,
                   training_args=extra, max_minutes=a.max_minutes, backbone=a.backbone, progress=not a.no_progress)
-    if a.stage == "align":
-        res = align(system.model, system.tokenizer, system.vocab, tb.alignment(), epochs=a.epochs or 1.0, **common)
-    else:
-        if not a.interactions:
-            raise SystemExit("neo train: error: instruct needs --interactions")
+    stages = [a.stage] if a.stage != "all" else (
+        ["align", "instruct"] if backbone_kind(system.model, a.backbone) == "pretrained" else ["instruct"])
+    if "align" in stages:
+        where = {"output_dir": os.path.join(a.output, "align")} if len(stages) > 1 else {}
+        res = align(system.model, system.tokenizer, system.vocab, tb.alignment(),
+                    epochs=(a.epochs if a.stage == "align" else None) or 1.0, **{**common, **where})
+        if len(stages) > 1:
+            print(f"align: {res.global_step} steps, train loss {res.train_loss:.4f}")
+    if "instruct" in stages:
         split = _load_split(a, system.catalog)
         res = instruct(system.model, system.tokenizer, tb.instruction(split, window=a.window), lora=a.lora,
                        epochs=a.epochs or 20.0, validation=_validation(system, split, a), **common)
         system.model = res.model
     if int(os.environ.get("RANK", "0")) == 0:
         system.save(os.path.join(a.output, "system"))
-        log = {"stage": a.stage, "global_step": res.global_step, "train_loss": res.train_loss,
+        log = {"stage": "+".join(stages), "global_step": res.global_step, "train_loss": res.train_loss,
                "loss_history": res.loss_history, "eval_history": res.eval_history, "best": res.best,
                "stop_reason": res.stop_reason, "tokens": res.tokens, "loss_tokens": res.loss_tokens,
                "tokens_per_s": res.tokens_per_s, "loss_token_share": res.loss_token_share,
@@ -221,7 +234,7 @@ def run(a: argparse.Namespace) -> int:
         with open(os.path.join(a.output, "train_log.json"), "w") as f:
             json.dump(log, f, indent=1, default=float)
         best = f"; best {res.best}" if res.best else ""
-        print(f"{a.stage}: {res.global_step} steps ({res.stop_reason}), train loss {res.train_loss:.4f}, "
+        print(f"{stages[-1]}: {res.global_step} steps ({res.stop_reason}), train loss {res.train_loss:.4f}, "
               f"{res.tokens_per_s:,.0f} tokens/s, {res.loss_token_share:.0%} of tokens with loss{best}; "
               f"saved {a.output}/system", file=sys.stdout)
     return 0

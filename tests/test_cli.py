@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -108,3 +109,55 @@ def test_train_without_interactions_is_one_line_and_exit_2(tmp_path):
     r = _run("train", "--system", str(tmp_path), "--output", str(tmp_path / "o"))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip() == "neo train: error: neo train all needs --interactions (the user-item events to train on)"
+
+
+def test_auto_threads_follows_the_load(monkeypatch):
+    from neo.cli import _threads
+
+    busy = {"now": 0.1}
+    monkeypatch.setattr(_threads, "busy_cores", lambda interval=0.2: busy["now"])
+    monkeypatch.setattr(_threads.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert _threads.auto_threads() == 2                     # idle 2-core machine: both cores
+    busy["now"] = 1.2
+    assert _threads.auto_threads() == 1                     # one core busy
+    busy["now"] = 7.0
+    assert _threads.auto_threads() == 1                     # overloaded: never below one
+    monkeypatch.setattr(_threads.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    busy["now"] = 0.0
+    assert _threads.auto_threads() == 4                     # capped: the demo's models do not scale further
+
+
+def test_busy_cores_sees_a_spinning_process():
+    import multiprocessing as mp
+
+    from neo.cli._threads import busy_cores
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("reads /proc/stat (Linux)")
+    stop = mp.Event()
+    p = mp.Process(target=_spin, args=(stop,))
+    p.start()
+    try:
+        time.sleep(0.3)
+        assert busy_cores(0.5) >= 0.6                       # one process spinning = about one busy core
+    finally:
+        stop.set()
+        p.join(5)
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        pass
+
+
+def test_set_threads_applies_an_explicit_count():
+    import torch
+
+    from neo.cli._threads import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        assert set_threads(0) == 1                          # 0 leaves the current setting alone
+    finally:
+        torch.set_num_threads(before)

@@ -15,6 +15,7 @@ import argparse
 from typing import Any, Sequence
 
 from ._data_args import add_catalog_args, add_interaction_args, catalog_options, interaction_options
+from ._threads import THREADS_HELP, set_threads
 
 __all__ = ["HELP", "add_parser", "run"]
 
@@ -72,8 +73,7 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ())
                         "a production system")
     p.add_argument("--seed", type=int, default=0, help="random seed of every step (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the build report JSON here")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1; 0: torch's default)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run)
     return p
@@ -92,10 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
         raise NeoDataError(f"{', '.join(given)} name(s) columns of --interactions, which was not given; add "
                            "--interactions FILE or drop them")
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = BuildConfig(sids=args.sids, embedder=args.embedder, cf_method=args.cf_method, cf_dim=args.cf_dim,
                       cf_weight=args.cf_weight, levels=args.levels, codebook_size=args.codebook_size,
                       balance=args.balance, collisions=args.collisions, model=args.model,

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ._threads import THREADS_HELP, set_threads
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -301,6 +303,7 @@ def run_demo(config: DemoConfig = FULL, *, out_dir: str | os.PathLike = "neo-dem
     cfg = config
     budget_min = cfg.max_minutes if max_minutes is None else max_minutes
     t_start = time.perf_counter()
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     timings: dict[str, float] = {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -505,6 +508,8 @@ def run_demo(config: DemoConfig = FULL, *, out_dir: str | os.PathLike = "neo-dem
                      "instruct_examples_per_epoch": per_epoch, "max_minutes": budget_min},
         "sasrec_history": sas.history,
         "timings_s": timings,
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_at_start": load_at_start,
         "system_dir": str(sys_dir),
         "plot": str(png) if png else None,
     }
@@ -567,9 +572,7 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ())
     p.add_argument("--data", help="a MovieLens directory instead of the bundled ml-latest-small")
     p.add_argument("--json", help="also write the metrics JSON to this path")
     p.add_argument("--seed", type=int, default=0, help="random seed of every stage (default 0)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the demo's small models run fastest on one thread, and "
-                        "more threads slow down sharply on a busy machine; 0: torch's default)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--max-minutes", type=float,
                    help="time budget of the training stages together, in minutes (default: 7 for the full "
                         "configuration, 2 with --quick); the best validated weights are kept")
@@ -581,10 +584,9 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ())
 def run(args: argparse.Namespace) -> int:
     """``neo demo``: run :func:`run_demo` with the parsed options; 1 if a generated item was invalid."""
     _check_data(args.data)  # before torch is even imported
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
+    if not args.no_progress:
+        print(f"neo demo: {threads} torch thread(s)", flush=True)
     cfg = replace(QUICK if args.quick else FULL, seed=args.seed)
     res = run_demo(cfg, out_dir=args.out, model_path=args.model, data=args.data, json_path=args.json,
                    progress=not args.no_progress, max_minutes=args.max_minutes)

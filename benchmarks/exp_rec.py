@@ -252,7 +252,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     tasks = ["recommend"] + (["search", "describe_user", "recommend_mixed", "recommend_explain", "explain"]
                              if a.mix else [])
     pools = tb.instruction(seqs, tasks=tasks, window=a.window, max_per_user=4, search_examples=len(cat),
-                           rec_types=a.rec_types)
+                           rec_types=a.rec_types, stride=a.stride)
     if a.rec_task == "sampled":  # ablation: one target position per example (the pre-sequence design)
         pools["recommend"] = tb.recommend(seqs, k=1, max_per_user=a.max_per_user)
     if a.split_rec_types and a.rec_task == "sequences":
@@ -363,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=float, default=40)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--window", type=int, default=20)
+    ap.add_argument("--stride", type=int, help="targets per rec window (default --window; smaller: overlapping "
+                                               "windows, every target with >= window - stride items of context)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--packing", action="store_true")
     ap.add_argument("--rec-types", default="each")

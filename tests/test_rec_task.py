@@ -164,3 +164,15 @@ def test_bad_rec_task_input_is_named(setup):
         tb.rec_sequences([1, 2, 3])
     with pytest.raises(ValueError, match="epochs must be > 0"):
         T.MixtureDataset({"a": [1]}, None, epochs=0)
+
+
+def test_instruction_passes_the_stride_to_the_rec_windows(setup):
+    w, cat, pb, tb = setup
+    seqs = {f"u{u}": np.arange(u, u + n) % len(cat) for u, n in enumerate([9, 13, 30])}
+    plain = tb.instruction(seqs, tasks=["recommend"], window=4)["recommend"]
+    half = tb.instruction(seqs, tasks=["recommend"], window=4, stride=2)["recommend"]
+    assert len(half.windows) > len(plain.windows)                # overlapping windows: more of them
+    assert half.count_targets() == plain.count_targets() == sum(len(s) for s in seqs.values())
+    assert all(len(x.rows) - x.first_target <= 2 for x in half.windows)
+    with pytest.raises(Exception, match="stride"):
+        tb.instruction(seqs, tasks=["recommend"], window=4, stride=5)

@@ -1021,7 +1021,8 @@ class TaskBuilder:
     # ------------------------------------------------------------------ everything
     def instruction(self, sequences: Any, *, tasks: Sequence[str] = DEFAULT_INSTRUCTION_TASKS, list_k: int = 3,
                     max_per_user: int | None = 5, search_examples: int | None = None, window: int | None = None,
-                    rec_types: str | Sequence[str] = "each", per_type: bool = False) -> dict[str, Sequence[Example]]:
+                    rec_types: str | Sequence[str] = "each", per_type: bool = False,
+                    stride: int | None = None) -> dict[str, Sequence[Example]]:
         """All instruction tasks, grouped by task (feed to :func:`neo.train.instruct` with weights).
 
         Parameters
@@ -1034,7 +1035,7 @@ class TaskBuilder:
             Target positions per user for the sampled-position tasks (lists, mixed, explanations).
         search_examples : int, optional
             Cap on search examples.
-        window, rec_types : passed to :meth:`rec_sequences` (the ``recommend`` task, lazy).
+        window, stride, rec_types : passed to :meth:`rec_sequences` (the ``recommend`` task, lazy).
         per_type : bool
             Give the ``recommend`` windows of each item type but the most frequent one their own pool,
             ``recommend_<type>`` (e.g. ``recommend_tag``), so that a rare type can be weighted up and
@@ -1044,7 +1045,7 @@ class TaskBuilder:
             raise TaskDataError(f"unknown instruction task(s) {bad}; use {INSTRUCTION_TASKS}")
         out: dict[str, Sequence[Example]] = {}
         if "recommend" in tasks:
-            rec = self.rec_sequences(sequences, window=window, target_types=rec_types)
+            rec = self.rec_sequences(sequences, window=window, stride=stride, target_types=rec_types)
             if per_type:
                 groups = rec.by_type()
                 main = max(groups, key=lambda k: len(groups[k])) if groups else None

@@ -6,8 +6,8 @@ import os
 import time
 
 THREADS_HELP = ("torch CPU threads (default auto: the cores other processes leave idle, measured over 0.2 s, at "
-                "least 1 and at most 4 -- the small models gain ~1.5x from a second idle core and lose several-fold "
-                "when threads compete with other jobs; 0: torch's default)")
+                "least 1 and at most 4; the demo trains 1.6-1.9x faster on two idle cores than on one, and threads "
+                "that compete with other jobs slow it several-fold; 0: torch's default)")
 
 
 def _cpu_times() -> tuple[float, float] | None:
@@ -40,8 +40,9 @@ def auto_threads(max_threads: int = 4) -> int:
     """Cores not busy with other work: ``usable cores - round(busy cores)``, clipped to ``[1, max_threads]``.
 
     Measured on a 2-core machine (``benchmarks/results/rec.md``): with both cores idle, two threads train the
-    demo's model ~1.5x faster than one; on a loaded machine extra threads oversubscribe the cores (an earlier
-    demo run with 2 threads at load 3-5 slowed stage 0 eight-fold), so the choice looks at the load first.
+    demo's model 1.6-1.9x faster than one (tokens/s); on a loaded machine extra threads oversubscribe the
+    cores (an earlier demo run with 2 threads at load 3-5 slowed stage 0 eight-fold), so the choice looks at
+    the load first.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(max_threads, cores - int(round(busy_cores()))))

@@ -34,7 +34,7 @@ instruct   lr 1e-4, warmup 3%,     lr 1e-3, warmup 5% (at most an epoch), no wei
                                    0.078 where 1e-3 reached 0.088; on the demo catalog weight
                                    decay 0.1 and 0 reach the same validation NDCG@10 (0.080) and
                                    0 tested better (0.066 vs 0.051); 1e-4 barely moves a random
-                                   model; see ``benchmarks/results/training.md``)
+                                   model; see ``benchmarks/results/rec.md``)
 =========  ======================  ==========================================================
 
 All stages use a cosine schedule decaying to 10% of the peak (``cosine_with_min_lr``; with a time
@@ -93,7 +93,7 @@ __all__ = [
 ]
 
 #: Defaults per (stage, backbone): peak learning rate, warmup (ratio of the steps) and weight decay.
-#: ``scratch`` values were chosen on MovieLens validation HR@10 (benchmarks/results/training.md).
+#: ``scratch`` values were chosen on MovieLens validation HR@10 (benchmarks/results/rec.md).
 HPARAMS: dict[tuple[str, str], dict[str, float]] = {
     ("align", "pretrained"): {"lr": 1e-3, "warmup": 0.03, "weight_decay": 0.01},
     ("align", "scratch"): {"lr": 1e-3, "warmup": 0.03, "weight_decay": 0.01},
@@ -1035,9 +1035,9 @@ def align(model: Any, tokenizer: Any, vocab: Any, examples: Sequence[Example] | 
         pulls the rows towards their initial values); ``row_masked``: a gradient hook zeroes the other
         rows and :class:`RowMaskedAdamW` decays the SID rows only (no peft needed). Both leave every
         other weight bit-identical; trainable tokens measured 15% fewer seconds per step on the demo
-        (``benchmarks/results/training.md``). ``auto``: trainable tokens when peft is installed and the
-        LM head is not tied to the input embeddings (peft warns that it does not tie adapters), else
-        row masking.
+        (``benchmarks/exp_hf_tools.py``, ``benchmarks/results/hf_tools.json``). ``auto``: trainable
+        tokens when peft is installed and the LM head is not tied to the input embeddings (peft warns
+        that it does not tie adapters), else row masking.
 
     Returns
     -------

@@ -10,7 +10,7 @@ Run, e.g.::
     python benchmarks/exp_rec_ablation.py --dataset demo --out /tmp/abl --parallel 2 --max-minutes 8
     python benchmarks/exp_rec_ablation.py --report /tmp/abl          # the table again, from the JSON files
 
-Writes ``<out>/<variant>.json`` + ``.log`` per run and prints a Markdown table (also ``<out>/ablation.md``).
+Writes ``<out>/<variant>.json`` + ``.log`` per run and prints a Markdown table (also ``<out>/ablation.txt``).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 if proc.returncode:
                     failed.append(name)
     table = report(out)
-    (out / "ablation.md").write_text(table + "\n")
+    (out / "ablation.txt").write_text(table + "\n")
     print(table)
     return 1 if failed else 0
 

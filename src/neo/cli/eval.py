@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ._data_args import add_catalog_args, add_interaction_args, catalog_options, interaction_options
+from ._threads import set_threads
 from .demo import _popular_lists, _say, format_table
 
 __all__ = ["run_eval", "add_parser"]
@@ -246,10 +247,7 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ())
 
 def run(args: argparse.Namespace) -> int:
     """``neo eval`` with the parsed options."""
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)  # default 0: torch's default
     run_eval(args.data, interactions=args.interactions, item_text=args.item_text, catalog=args.catalog,
              catalog_options=catalog_options(args), interaction_options=interaction_options(args),
              target_type=args.target_type, protocol=args.protocol, system_dir=args.system,

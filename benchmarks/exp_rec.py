@@ -281,7 +281,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                    batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed, progress=a.progress,
                    logging_steps=20, max_length=a.max_length, validation=validation,
                    max_minutes=a.max_minutes - (time.perf_counter() - t_train) / 60 if a.max_minutes else None,
-                   packing=a.packing)
+                   packing=a.packing or a.pack_length is not None, pack_length=a.pack_length,
+                   training_args={"label_smoothing_factor": a.label_smoothing} if a.label_smoothing else None,
+                   sid_smoothing=a.sid_smoothing, vocab=system.vocab)
     system.model = res.model.eval()
     train_s = time.perf_counter() - t_train
     out["neo_training"] = {"seconds": train_s, "steps": res.global_step, "stop_reason": res.stop_reason,
@@ -367,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "windows, every target with >= window - stride items of context)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--packing", action="store_true")
+    ap.add_argument("--pack-length", type=int, help="pack each batch into rows of this many tokens (implies --packing)")
+    ap.add_argument("--label-smoothing", type=float, default=0.0, help="TrainingArguments.label_smoothing_factor")
+    ap.add_argument("--sid-smoothing", type=float, default=0.0, help="label smoothing inside each code's band")
     ap.add_argument("--rec-types", default="each")
     ap.add_argument("--rec-task", default="sequences", choices=["sequences", "sampled"],
                     help="every position of every window (default) or one sampled target per example (ablation)")

@@ -105,6 +105,52 @@ def test_packing_keeps_examples_apart(llama):
             off += n
 
 
+def test_pack_length_sets_the_row_length_and_keeps_the_loss(llama):
+    w, cat, tb = llama
+    tok = w["tokenizer"]
+    split = split_interactions(load_interactions(events(cat), cat), "leave_one_out")
+    ex = tb.instruction(split)
+    feats = [T._encode_one(ex["recommend"][i], tok, 512)[0] for i in range(8)]
+    longest = max(len(f["input_ids"]) for f in feats)
+    for n in (1, longest + 5, 3 * longest):
+        b = T.CompletionCollator(tok.pad_token_id, pack_length=n, count_tokens=True)(feats)
+        assert longest <= b["input_ids"].shape[1] <= max(n, longest)  # at most n, never below the longest example
+        assert int(b["neo_num_tokens"]) == sum(len(f["input_ids"]) for f in feats)
+        assert int((b["labels"] != -100).sum()) == sum(sum(x != -100 for x in f["labels"]) for f in feats)
+    assert T.CompletionCollator(tok.pad_token_id, pack_length=3 * longest)(feats)["input_ids"].shape[0] < len(feats)
+    # the same batches, packed or padded: the same loss at every step (the model has no dropout here)
+    start = copy.deepcopy(w["model"])
+    kw = dict(max_steps=3, batch_size=6, lr=1e-3, logging_steps=1, progress=False, num_examples=18,
+              weights={"recommend": 2.0, "search": 1.0})
+    padded = T.instruct(copy.deepcopy(start), tok, ex, **kw)
+    packed = T.instruct(copy.deepcopy(start), tok, ex, packing=True, pack_length=2 * longest, **kw)
+    np.testing.assert_allclose(packed.losses, padded.losses, rtol=2e-4, atol=2e-4)
+    assert packed.tokens == padded.tokens and packed.loss_tokens == padded.loss_tokens
+    for bad in (0, -3, True):
+        with pytest.raises(ValueError, match="pack_length"):
+            T.instruct(copy.deepcopy(start), tok, ex, packing=True, pack_length=bad, **kw)
+
+
+def test_instruct_with_sid_band_smoothing(llama):
+    w, cat, tb = llama
+    tok = w["tokenizer"]
+    ex = tb.instruction(split_interactions(load_interactions(events(cat), cat), "leave_one_out"))
+    start = copy.deepcopy(w["model"])
+    kw = dict(max_steps=2, batch_size=6, lr=1e-3, logging_steps=1, progress=False, num_examples=12,
+              weights={"recommend": 1.0})
+    plain = T.instruct(copy.deepcopy(start), tok, ex, **kw)
+    smooth = T.instruct(copy.deepcopy(start), tok, ex, sid_smoothing=0.3, vocab=w["vocab"], **kw)
+    # the same first batch, another loss (the exact value is checked in test_sid_smoothing.py)
+    assert np.isfinite(smooth.losses).all() and smooth.losses[0] != pytest.approx(plain.losses[0], abs=1e-6)
+    with pytest.raises(ValueError, match="needs vocab"):
+        T.instruct(copy.deepcopy(start), tok, ex, sid_smoothing=0.1, **kw)
+    with pytest.raises(ValueError, match="not both"):
+        T.instruct(copy.deepcopy(start), tok, ex, sid_smoothing=0.1, vocab=w["vocab"],
+                   training_args={"label_smoothing_factor": 0.1}, **kw)
+    with pytest.raises(ValueError, match="epsilon"):
+        T.instruct(copy.deepcopy(start), tok, ex, sid_smoothing=1.5, vocab=w["vocab"], **kw)
+
+
 def test_mix_tasks_weights_and_errors():
     items, counts = T.mix_tasks({"a": list(range(10)), "b": list(range(100, 103))}, {"a": 1, "b": 3},
                                 num_examples=40, seed=0)

@@ -90,6 +90,17 @@ def _train_parser_class(base: type) -> type:
     return TrainParser
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of tokens, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
     """Register ``neo train`` on an ``argparse`` sub-parser collection."""
     p = subparsers.add_parser("train", help=HELP, parents=list(parents), description=__doc__,
@@ -128,6 +139,9 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ())
                                                              "(default 20)")
     p.add_argument("--max-length", type=int, default=512, help="truncate examples to this many tokens (default 512)")
     p.add_argument("--packing", action="store_true", help="pack several examples per row (exact, no padding)")
+    p.add_argument("--pack-length", type=_positive_int, metavar="N",
+                   help="with --packing: tokens per packed row (default --max-length; about 2-3x a typical "
+                        "example is cheapest)")
     p.add_argument("--lora", action="store_true", help="instruct with LoRA adapters (needs peft) instead of full "
                                                        "fine-tuning")
     p.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps (default 500)")
@@ -207,7 +221,7 @@ def run(a: argparse.Namespace) -> int:
         extra["fsdp"] = a.fsdp
     extra.update(hf)
     common = dict(output_dir=a.output, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr,
-                  max_length=a.max_length, packing=a.packing, save_steps=a.save_steps,
+                  max_length=a.max_length, packing=a.packing, pack_length=a.pack_length, save_steps=a.save_steps,
                   logging_steps=a.logging_steps, resume_from_checkpoint=True if a.resume else None, seed=a.seed,
                   training_args=extra, max_minutes=a.max_minutes, backbone=a.backbone, progress=not a.no_progress)
     stages = [a.stage] if a.stage != "all" else (

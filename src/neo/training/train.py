@@ -87,9 +87,9 @@ import torch
 from .tasks import ANSWER_SUFFIX, Example, TaskDataError
 
 __all__ = [
-    "TrainResult", "EncodedDataset", "MixtureDataset", "CompletionCollator", "RowMaskedAdamW", "Validation",
-    "HPARAMS", "backbone_kind", "encode_examples", "mix_tasks", "pack_features", "align", "instruct", "stage0",
-    "stage0_corpus", "train_tokenizer", "small_model",
+    "TrainResult", "EncodedDataset", "MixtureDataset", "CompletionCollator", "RowMaskedAdamW", "SidBandSmoothing",
+    "Validation", "HPARAMS", "backbone_kind", "encode_examples", "mix_tasks", "pack_features", "align", "instruct",
+    "stage0", "stage0_corpus", "train_tokenizer", "small_model",
 ]
 
 #: Defaults per (stage, backbone): peak learning rate, warmup (ratio of the steps) and weight decay.
@@ -498,6 +498,80 @@ class CompletionCollator:
         return out
 
 
+# ============================================================================ SID-band label smoothing
+
+
+class SidBandSmoothing:
+    """Cross-entropy with label smoothing kept inside each target code's band: a ``compute_loss_func``.
+
+    At a position whose label is code ``c`` of level ``l`` of type ``t``, the target distribution is
+    ``1 - epsilon`` on ``c`` plus ``epsilon`` spread evenly over the ``K_{t,l}`` codes of that band
+    (DESIGN.md section 2); every other label (text, ``[SID]``, ``[/SID]``, EOS) keeps plain
+    cross-entropy. Unlike ordinary label smoothing, no mass goes to tokens that cannot stand there,
+    so the model learns to rank every code of the asked-for type above every token of another type
+    (type steering without constraints) while the spread regularises the codes' ranking.
+
+    Parameters
+    ----------
+    layout : TokenLayout
+        The SID token layout (``SidVocab.layout``).
+    epsilon : float
+        Smoothing mass in ``(0, 1)``.
+
+    Call ``(outputs, labels, num_items_in_batch=None)`` with ``outputs.logits`` ``(B, T, V)`` and
+    ``labels`` ``(B, T)`` (unshifted, ``-100`` ignored), as Hugging Face ``Trainer`` passes them; returns
+    the summed loss over ``num_items_in_batch`` when given (the Trainer's normalisation over
+    accumulated batches), else the mean over labelled positions.
+    """
+
+    def __init__(self, layout: Any, epsilon: float):
+        eps = float(epsilon)
+        if not 0.0 < eps < 1.0:
+            raise ValueError(f"SID-band smoothing epsilon must be in (0, 1), got {epsilon!r}")
+        self.epsilon = eps
+        self.begin = int(layout.sid_token_begin)
+        self.end = int(layout.sid_token_end)
+        lo = np.zeros(self.end - self.begin, dtype=np.int64)
+        size = np.zeros(self.end - self.begin, dtype=np.int64)
+        for t in layout.types:
+            for s0, k in zip(t.band_starts, t.codebook_sizes):
+                lo[s0 - self.begin:s0 - self.begin + k] = s0 - self.begin
+                size[s0 - self.begin:s0 - self.begin + k] = k
+        self._lo, self._size = torch.from_numpy(lo), torch.from_numpy(size)
+
+    def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+        if logits.shape[-1] < self.end:
+            raise ValueError(f"logits have {logits.shape[-1]} columns but the SID block ends at {self.end}: "
+                             "the model was not adapted to this vocabulary")
+        lab = labels[..., 1:].reshape(-1).to(logits.device)
+        keep = lab != -100
+        x = logits[..., :-1, :].reshape(-1, logits.shape[-1])[keep]  # (N, V), labelled positions only
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()  # bf16 / fp16 logits: the loss in float32, as HF's cross-entropy does
+        y = lab[keep]
+        lse = torch.logsumexp(x, dim=-1)
+        nll = lse - x.gather(1, y[:, None])[:, 0]
+        rel = y - self.begin
+        is_code = (rel >= 0) & (rel < self.end - self.begin)
+        is_code &= self._size.to(y.device)[rel.clamp(0, self.end - self.begin - 1)] > 0
+        loss = nll
+        if bool(is_code.any()):
+            r = rel[is_code]
+            lo, k = self._lo.to(y.device)[r], self._size.to(y.device)[r]
+            # mean log-probability over the target's band, from prefix sums of the SID block's logits
+            cs = torch.nn.functional.pad(x[is_code, self.begin:self.end].double().cumsum(-1), (1, 0))
+            band_sum = cs.gather(1, (lo + k)[:, None])[:, 0] - cs.gather(1, lo[:, None])[:, 0]
+            smooth = lse[is_code] - (band_sum / k).to(x.dtype)
+            loss = nll.clone()
+            loss[is_code] = (1.0 - self.epsilon) * nll[is_code] + self.epsilon * smooth
+        total = loss.sum()
+        if num_items_in_batch is None:
+            return total / max(1, int(y.numel()))
+        return total / (num_items_in_batch.to(total.device) if torch.is_tensor(num_items_in_batch)
+                        else float(num_items_in_batch))
+
+
 # ============================================================================ alignment masking
 
 
@@ -857,7 +931,8 @@ def _run(model: Any, tokenizer: Any, dataset: Any, *, stage: str, output_dir: st
          progress: bool, resume_from_checkpoint: str | bool | None, training_args: Mapping[str, Any] | None,
          optimizer_cls_and_kwargs: tuple[type, dict[str, Any]] | None, data_report: dict[str, Any],
          trainable_params: int, pack_length: int | None = None, max_minutes: float | None = None,
-         validation: Validation | None = None, examples_per_epoch: int | None = None) -> TrainResult:
+         validation: Validation | None = None, examples_per_epoch: int | None = None,
+         compute_loss_func: Callable[..., torch.Tensor] | None = None) -> TrainResult:
     """Train ``model`` on ``dataset`` (rows in training order; read sequentially) with HF ``Trainer``."""
     if len(dataset) == 0:
         raise TaskDataError(f"nothing to train on: no example survived encoding ({data_report})")
@@ -926,7 +1001,8 @@ def _run(model: Any, tokenizer: Any, dataset: Any, *, stage: str, output_dir: st
     trainer = _trainer_cls()(model=model, args=args,
                              data_collator=CompletionCollator(pad, pack_length=pack_length, count_tokens=True),
                              train_dataset=dataset, processing_class=tokenizer,
-                             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs, callbacks=callbacks)
+                             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs, callbacks=callbacks,
+                             compute_loss_func=compute_loss_func)
     trainer.neo_meter = meter
     trainer.neo_horizon = horizon
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -971,6 +1047,15 @@ def _run(model: Any, tokenizer: Any, dataset: Any, *, stage: str, output_dir: st
             tmp.cleanup()
 
 
+def _pack_length(packing: bool, pack_length: int | None, max_length: int) -> int | None:
+    """Row length for the collator: None without packing, else ``pack_length`` or ``max_length``."""
+    if pack_length is not None and (isinstance(pack_length, bool) or int(pack_length) < 1):
+        raise ValueError(f"pack_length must be a positive number of tokens, got {pack_length!r}")
+    if not packing:
+        return None
+    return int(pack_length) if pack_length is not None else int(max_length)
+
+
 def _dataset(examples: Any, tokenizer: Any, *, weights: Mapping[str, float] | None, num_examples: int | None,
              epochs: float, max_length: int, seed: int) -> tuple[MixtureDataset, dict[str, Any]]:
     """A :class:`MixtureDataset` from a task -> examples mapping or a flat list (grouped by task)."""
@@ -999,7 +1084,8 @@ def align(model: Any, tokenizer: Any, vocab: Any, examples: Sequence[Example] | 
           output_dir: str | os.PathLike | None = None, epochs: float = 1.0, max_steps: int | None = None,
           batch_size: int = 16, lr: float | None = None, weight_decay: float | None = None,
           warmup_steps: float | None = None, grad_accum: int = 1, max_length: int = 512, packing: bool = False,
-          weights: Mapping[str, float] | None = None, logging_steps: int = 10, save_steps: int | None = None,
+          pack_length: int | None = None, weights: Mapping[str, float] | None = None, logging_steps: int = 10,
+          save_steps: int | None = None,
           resume_from_checkpoint: str | bool | None = None, seed: int = 0, progress: bool = True,
           training_args: Mapping[str, Any] | None = None, max_minutes: float | None = None,
           backbone: str = "auto", method: str = "auto") -> TrainResult:
@@ -1019,8 +1105,12 @@ def align(model: Any, tokenizer: Any, vocab: Any, examples: Sequence[Example] | 
     epochs, max_steps, batch_size, grad_accum : the schedule (``max_steps`` wins over ``epochs``).
     lr, weight_decay, warmup_steps : AdamW(0.9, 0.95), cosine decay to 10%; ``warmup_steps`` < 1 is a
         ratio; None: :data:`HPARAMS` for the backbone.
-    max_length, packing : sequence length and optional packing (each batch packed into rows of
-        ``max_length`` tokens, exact).
+    max_length, packing : sequence length and optional packing (each batch's examples packed into
+        rows of ``pack_length`` tokens, exact: attention stays within each example).
+    pack_length : int, optional
+        Row length when packing (default ``max_length``; a row is never shorter than the batch's
+        longest example). About two to three times the typical example length wastes little on
+        padding without paying for long attention rows.
     weights : task mixing weights (see :func:`mix_tasks`).
     logging_steps, save_steps : loss logged / checkpoint saved every so many optimiser steps.
     resume_from_checkpoint : a checkpoint path, or True for the latest in ``output_dir``.
@@ -1068,7 +1158,7 @@ def align(model: Any, tokenizer: Any, vocab: Any, examples: Sequence[Example] | 
                   lr=lr, weight_decay=wd, warmup_steps=warmup, grad_accum=grad_accum, logging_steps=logging_steps,
                   save_steps=save_steps, seed=seed, progress=progress, resume_from_checkpoint=resume_from_checkpoint,
                   training_args=training_args, data_report=rep, trainable_params=(e - b) * sum(p.shape[1] for p in emb),
-                  pack_length=max_length if packing else None, max_minutes=max_minutes,
+                  pack_length=_pack_length(packing, pack_length, max_length), max_minutes=max_minutes,
                   examples_per_epoch=ds.examples_per_epoch)
     hooks = []
     try:
@@ -1115,7 +1205,8 @@ def instruct(model: Any, tokenizer: Any, examples: Sequence[Example] | Mapping[s
              output_dir: str | os.PathLike | None = None, epochs: float = 1.0, max_steps: int | None = None,
              batch_size: int = 16, lr: float | None = None, weight_decay: float | None = None,
              warmup_steps: float | None = None, grad_accum: int = 1, max_length: int = 512, packing: bool = False,
-             lora: bool = False, lora_config: Mapping[str, Any] | None = None, merge: bool = True,
+             pack_length: int | None = None, lora: bool = False, lora_config: Mapping[str, Any] | None = None,
+             merge: bool = True, sid_smoothing: float = 0.0, vocab: Any = None,
              logging_steps: int = 10, save_steps: int | None = None,
              resume_from_checkpoint: str | bool | None = None, seed: int = 0, progress: bool = True,
              training_args: Mapping[str, Any] | None = None, max_minutes: float | None = None,
@@ -1136,6 +1227,11 @@ def instruct(model: Any, tokenizer: Any, examples: Sequence[Example] | Mapping[s
         target_modules="all-linear"``, plus ``trainable_token_indices`` for the embedding rows of any
         token ids given as ``sid_rows=(begin, end)``).
     merge : merge the adapters into the weights afterwards (``TrainResult.model`` is then a plain model).
+    sid_smoothing : float
+        Label smoothing kept inside each target code's band (:class:`SidBandSmoothing`; 0 = plain
+        cross-entropy). Needs ``vocab``.
+    vocab : SidVocab, optional
+        The SID vocabulary (its layout names the bands), for ``sid_smoothing``.
     max_minutes : stop at the first step after this much wall time (validation included); with
         ``validation`` the best weights seen are kept.
     validation : a :class:`Validation` (or just its ``fn``): validate every ``every_epochs``, stop
@@ -1152,6 +1248,13 @@ def instruct(model: Any, tokenizer: Any, examples: Sequence[Example] | Mapping[s
         validation did; ``tokens_per_s`` and ``loss_token_share`` what the data cost.
     """
     lr, warmup, wd = _hp("instruct", model, backbone, lr, warmup_steps, weight_decay)
+    loss_fn = None
+    if sid_smoothing:
+        if vocab is None:
+            raise ValueError("sid_smoothing needs vocab= (the SidVocab whose bands the smoothing stays in)")
+        if (training_args or {}).get("label_smoothing_factor"):
+            raise ValueError("give sid_smoothing or training_args['label_smoothing_factor'], not both")
+        loss_fn = SidBandSmoothing(vocab.layout, sid_smoothing)
     if isinstance(examples, Mapping) and weights is None and num_examples is None:
         weights = {t: float(len(v)) for t, v in examples.items()}
     ds, rep = _dataset(examples, tokenizer, weights=weights, num_examples=num_examples, epochs=epochs,
@@ -1178,8 +1281,8 @@ def instruct(model: Any, tokenizer: Any, examples: Sequence[Example] | Mapping[s
                grad_accum=grad_accum, logging_steps=logging_steps, save_steps=save_steps, seed=seed,
                progress=progress, resume_from_checkpoint=resume_from_checkpoint, training_args=training_args,
                optimizer_cls_and_kwargs=opt, data_report=rep, trainable_params=n_train,
-               pack_length=max_length if packing else None, max_minutes=max_minutes, validation=validation,
-               examples_per_epoch=ds.examples_per_epoch)
+               pack_length=_pack_length(packing, pack_length, max_length), max_minutes=max_minutes,
+               validation=validation, examples_per_epoch=ds.examples_per_epoch, compute_loss_func=loss_fn)
     if lora and merge:
         res.model = train_model.merge_and_unload()
     return res

@@ -283,7 +283,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                    max_minutes=a.max_minutes - (time.perf_counter() - t_train) / 60 if a.max_minutes else None,
                    packing=a.packing or a.pack_length is not None, pack_length=a.pack_length,
                    training_args={"label_smoothing_factor": a.label_smoothing} if a.label_smoothing else None,
-                   sid_smoothing=a.sid_smoothing, vocab=system.vocab)
+                   sid_smoothing=a.sid_smoothing, vocab=system.vocab, average_decay=a.average_decay)
     system.model = res.model.eval()
     train_s = time.perf_counter() - t_train
     out["neo_training"] = {"seconds": train_s, "steps": res.global_step, "stop_reason": res.stop_reason,
@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pack-length", type=int, help="pack each batch into rows of this many tokens (implies --packing)")
     ap.add_argument("--label-smoothing", type=float, default=0.0, help="TrainingArguments.label_smoothing_factor")
     ap.add_argument("--sid-smoothing", type=float, default=0.0, help="label smoothing inside each code's band")
+    ap.add_argument("--average-decay", type=float, help="validate and keep an EMA of the weights (decay per step)")
     ap.add_argument("--rec-types", default="each")
     ap.add_argument("--rec-task", default="sequences", choices=["sequences", "sampled"],
                     help="every position of every window (default) or one sampled target per example (ablation)")

@@ -151,6 +151,61 @@ def test_instruct_with_sid_band_smoothing(llama):
         T.instruct(copy.deepcopy(start), tok, ex, sid_smoothing=1.5, vocab=w["vocab"], **kw)
 
 
+def test_weight_average_follows_the_formula_and_swaps_back():
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 2)
+    m.bias.requires_grad_(False)  # only trainable weights are averaged
+    wa = T.WeightAverage(m, 0.5)
+    ref, steps = None, []
+    for n in range(1, 6):
+        with torch.no_grad():
+            m.weight.add_(torch.randn_like(m.weight))
+            m.bias.add_(1.0)
+        wa.update()
+        w = m.weight.detach().clone()
+        if ref is None:
+            ref = w
+        else:
+            d = min(0.5, (1 + n) / (10 + n))
+            ref = d * ref + (1 - d) * w
+        steps.append(w)
+    torch.testing.assert_close(wa.average[0], ref)
+    own_w, own_b = m.weight.detach().clone(), m.bias.detach().clone()
+    with wa.applied():
+        torch.testing.assert_close(m.weight, ref)
+        assert torch.equal(m.bias, own_b)
+    assert torch.equal(m.weight, own_w)  # the trained weights are back
+    wa.copy_to_model()
+    torch.testing.assert_close(m.weight, ref)
+    for bad in (0.0, 1.0, float("nan"), -1):
+        with pytest.raises(ValueError, match="decay"):
+            T.WeightAverage(m, bad)
+
+
+def test_instruct_validates_and_returns_the_averaged_weights(llama):
+    w, cat, tb = llama
+    tok = w["tokenizer"]
+    ex = tb.instruction(split_interactions(load_interactions(events(cat), cat), "leave_one_out"))
+    seen = []
+
+    def fn(model):
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        return {"ndcg@10": -float(len(seen))}  # the first validation stays the best
+
+    kw = dict(max_steps=6, batch_size=4, lr=1e-2, progress=False, num_examples=24, weights={"recommend": 1.0},
+              validation=T.Validation(fn, every_epochs=0.5, patience=10))
+    T.instruct(copy.deepcopy(w["model"]), tok, ex, **kw)
+    raw, seen[:] = list(seen), []
+    res = T.instruct(copy.deepcopy(w["model"]), tok, ex, average_decay=0.9, **kw)
+    assert len(seen) == len(raw) >= 2 and res.best["step"] == res.eval_history[0]["step"]
+    # same data and seed: the same trained weights, so what validation saw differs only by the averaging
+    assert all(any(not torch.equal(a[n], b[n]) for n in a) for a, b in zip(seen, raw))
+    # the returned model holds the weights the best validation saw: the average, not the last trained ones
+    for n, p in res.model.named_parameters():
+        assert torch.equal(p, seen[0][n]), n
+    assert any(not torch.equal(seen[0][n], seen[-1][n]) for n in seen[0])
+
+
 def test_mix_tasks_weights_and_errors():
     items, counts = T.mix_tasks({"a": list(range(10)), "b": list(range(100, 103))}, {"a": 1, "b": 3},
                                 num_examples=40, seed=0)

@@ -78,8 +78,9 @@ import sys
 import tempfile
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -88,8 +89,8 @@ from .tasks import ANSWER_SUFFIX, Example, TaskDataError
 
 __all__ = [
     "TrainResult", "EncodedDataset", "MixtureDataset", "CompletionCollator", "RowMaskedAdamW", "SidBandSmoothing",
-    "Validation", "HPARAMS", "backbone_kind", "encode_examples", "mix_tasks", "pack_features", "align", "instruct",
-    "stage0", "stage0_corpus", "train_tokenizer", "small_model",
+    "Validation", "WeightAverage", "HPARAMS", "backbone_kind", "encode_examples", "mix_tasks", "pack_features",
+    "align", "instruct", "stage0", "stage0_corpus", "train_tokenizer", "small_model",
 ]
 
 #: Defaults per (stage, backbone): peak learning rate, warmup (ratio of the steps) and weight decay.
@@ -682,6 +683,64 @@ def _from_rank0(obj: Any) -> Any:
     return box[0]
 
 
+class WeightAverage:
+    """An exponential moving average of a model's trainable weights (Polyak averaging).
+
+    After every optimiser step ``avg <- d * avg + (1 - d) * w`` with ``d = min(decay, (1 + n) / (10 + n))``
+    at update ``n`` (the usual warm start, so the first steps do not drag in the initial weights).
+    The average is kept in the parameters' dtype and device; it is not part of HF checkpoints, so a
+    resumed run starts its average at the resumed weights.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    decay : float
+        In ``(0, 1)``; ``1 / (1 - decay)`` is roughly the number of recent steps averaged.
+    """
+
+    def __init__(self, model: Any, decay: float):
+        d = float(decay)
+        if not 0.0 < d < 1.0:  # also refuses NaN
+            raise ValueError(f"weight average decay must be in (0, 1), got {decay!r}")
+        self.decay = d
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # taken at the first update, once the trainer has put the weights on their device
+        self.average: list[torch.Tensor] | None = None
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the current weights into the average."""
+        self.updates += 1
+        if self.average is None:
+            self.average = [p.detach().clone() for p in self.params]
+            return
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - d)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        """Overwrite the trainable weights with the average (nothing before the first update)."""
+        for p, a in zip(self.params, self.average or []):
+            p.copy_(a)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Inside the block the model holds the averaged weights; its own come back afterwards."""
+        if self.average is None:
+            yield
+            return
+        with torch.no_grad():
+            own = [p.detach().clone() for p in self.params]
+            self.copy_to_model()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, w in zip(self.params, own):
+                    p.copy_(w)
+
+
 class _Meter:
     """Token counts and training time shared by the trainer and the callbacks (this process)."""
 
@@ -726,7 +785,7 @@ def _min_over_ranks(x: float) -> float:
     return float(t.item())
 
 
-def _callbacks() -> tuple[type, type, type]:
+def _callbacks() -> tuple[type, type, type, type]:
     """The callback classes (built on first use: transformers is imported lazily)."""
     from transformers import TrainerCallback
 
@@ -801,8 +860,16 @@ def _callbacks() -> tuple[type, type, type]:
             self.bad = 0
             self.early = False
             self.last_step = -1
+            self.average: WeightAverage | None = None  # validate (and keep) the averaged weights when set
 
         def _validate(self, model: Any, state: Any) -> None:
+            if self.average is not None:
+                with self.average.applied():
+                    self._validate_now(model, state)
+            else:
+                self._validate_now(model, state)
+
+        def _validate_now(self, model: Any, state: Any) -> None:
             t = time.perf_counter()
             was = model.training
             model.eval()
@@ -852,7 +919,16 @@ def _callbacks() -> tuple[type, type, type]:
                     if n in self.best_state:
                         p.copy_(self.best_state[n].to(p.device))
 
-    return ProgressBar, TimeBudget, Validator
+    class Averager(TrainerCallback):
+        """Folds the weights into a :class:`WeightAverage` after every optimiser step (before validation)."""
+
+        def __init__(self, average: WeightAverage):
+            self.average = average
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            self.average.update()
+
+    return ProgressBar, TimeBudget, Validator, Averager
 
 
 def _trainer_cls() -> type:
@@ -932,7 +1008,8 @@ def _run(model: Any, tokenizer: Any, dataset: Any, *, stage: str, output_dir: st
          optimizer_cls_and_kwargs: tuple[type, dict[str, Any]] | None, data_report: dict[str, Any],
          trainable_params: int, pack_length: int | None = None, max_minutes: float | None = None,
          validation: Validation | None = None, examples_per_epoch: int | None = None,
-         compute_loss_func: Callable[..., torch.Tensor] | None = None) -> TrainResult:
+         compute_loss_func: Callable[..., torch.Tensor] | None = None,
+         average_decay: float | None = None) -> TrainResult:
     """Train ``model`` on ``dataset`` (rows in training order; read sequentially) with HF ``Trainer``."""
     if len(dataset) == 0:
         raise TaskDataError(f"nothing to train on: no example survived encoding ({data_report})")
@@ -984,7 +1061,7 @@ def _run(model: Any, tokenizer: Any, dataset: Any, *, stage: str, output_dir: st
             optimizer_cls_and_kwargs = (cls_, okw)
     meter = _Meter()
     meter.world = max(1, int(getattr(args, "world_size", world) or 1))
-    ProgressBar, TimeBudget, Validator = _callbacks()
+    ProgressBar, TimeBudget, Validator, Averager = _callbacks()
     bar = ProgressBar(stage, meter, progress)
     callbacks: list[Any] = [bar]
     given_sched = any(k in (training_args or {}) for k in ("lr_scheduler_type", "warmup_steps", "warmup_ratio"))
@@ -992,10 +1069,14 @@ def _run(model: Any, tokenizer: Any, dataset: Any, *, stage: str, output_dir: st
     budget = TimeBudget(max_minutes * 60.0, meter, horizon) if max_minutes is not None else None
     if budget is not None:
         callbacks.append(budget)
+    average = WeightAverage(model, average_decay) if average_decay is not None else None
+    if average is not None:
+        callbacks.append(Averager(average))  # before the validator: it validates the updated average
     val = None
     if validation is not None:
         every = int(round(validation.every_epochs * steps_per_epoch)) or 1
         val = Validator(validation, every, steps_per_epoch, meter, bar.write, stage)
+        val.average = average
         callbacks.append(val)
     was_training = model.training
     trainer = _trainer_cls()(model=model, args=args,
@@ -1030,7 +1111,9 @@ def _run(model: Any, tokenizer: Any, dataset: Any, *, stage: str, output_dir: st
         elif budget is not None and budget.stopped:
             stop = "time budget"
         if val is not None:
-            val.restore(model)
+            val.restore(model)  # the best validated (averaged, with average_decay) weights
+        elif average is not None:
+            average.copy_to_model()
         rep = dict(data_report)
         if hasattr(dataset, "report"):
             rep.update(dataset.report)
@@ -1206,7 +1289,7 @@ def instruct(model: Any, tokenizer: Any, examples: Sequence[Example] | Mapping[s
              batch_size: int = 16, lr: float | None = None, weight_decay: float | None = None,
              warmup_steps: float | None = None, grad_accum: int = 1, max_length: int = 512, packing: bool = False,
              pack_length: int | None = None, lora: bool = False, lora_config: Mapping[str, Any] | None = None,
-             merge: bool = True, sid_smoothing: float = 0.0, vocab: Any = None,
+             merge: bool = True, sid_smoothing: float = 0.0, vocab: Any = None, average_decay: float | None = None,
              logging_steps: int = 10, save_steps: int | None = None,
              resume_from_checkpoint: str | bool | None = None, seed: int = 0, progress: bool = True,
              training_args: Mapping[str, Any] | None = None, max_minutes: float | None = None,
@@ -1232,6 +1315,10 @@ def instruct(model: Any, tokenizer: Any, examples: Sequence[Example] | Mapping[s
         cross-entropy). Needs ``vocab``.
     vocab : SidVocab, optional
         The SID vocabulary (its layout names the bands), for ``sid_smoothing``.
+    average_decay : float, optional
+        Keep an exponential moving average of the trainable weights (:class:`WeightAverage`, decay per
+        optimiser step); validation, early stopping and the returned model then use the averaged
+        weights. None: the weights as trained.
     max_minutes : stop at the first step after this much wall time (validation included); with
         ``validation`` the best weights seen are kept.
     validation : a :class:`Validation` (or just its ``fn``): validate every ``every_epochs``, stop
@@ -1282,7 +1369,8 @@ def instruct(model: Any, tokenizer: Any, examples: Sequence[Example] | Mapping[s
                progress=progress, resume_from_checkpoint=resume_from_checkpoint, training_args=training_args,
                optimizer_cls_and_kwargs=opt, data_report=rep, trainable_params=n_train,
                pack_length=_pack_length(packing, pack_length, max_length), max_minutes=max_minutes,
-               validation=validation, examples_per_epoch=ds.examples_per_epoch, compute_loss_func=loss_fn)
+               validation=validation, examples_per_epoch=ds.examples_per_epoch, compute_loss_func=loss_fn,
+               average_decay=average_decay)
     if lora and merge:
         res.model = train_model.merge_and_unload()
     return res

@@ -127,7 +127,8 @@ def test_build_train_eval_on_user_files(fmt, tmp_path, tiny_model_dir):
 
     # the command: no stage given -> align (pre-trained backbone only), then instruct
     assert main(["train", "--system", str(sysdir), "--interactions", ip, *opts, "--output",
-                 str(rundir), "--max-steps", "2", "--batch-size", "8"]) == 0
+                 str(rundir), "--max-steps", "2", "--batch-size", "8", "--packing", "--pack-length", "96",
+                 "--average-decay", "0.9", "--sid-smoothing", "0.1"]) == 0
     log = json.loads((rundir / "train_log.json").read_text())
     assert log["stage"] == ("align+instruct" if model else "instruct"), log["stage"]
     assert main(["eval", "--system", str(rundir / "system"), "--interactions", ip, *opts, "--baselines",

@@ -87,6 +87,14 @@ def test_train_help_names_neo_train():
     assert "python -m neo.train" not in r.stdout
 
 
+@pytest.mark.parametrize("option,value,says", [("--pack-length", "0", "must be >= 1"),
+                                                ("--average-decay", "1.5", "between 0 and 1"),
+                                                ("--sid-smoothing", "x", "between 0 and 1")])
+def test_train_refuses_bad_numbers_at_parse_time(option, value, says):
+    r = _run("train", *REQUIRED["train"], option, value)
+    assert r.returncode == 2 and f"argument {option}: " in r.stderr and says in r.stderr, r.stderr
+
+
 def test_data_error_is_one_line_and_exit_2(tmp_path):
     bad = tmp_path / "ratings.csv"
     bad.write_text("a,b\n1,2\n")

@@ -101,6 +101,22 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _unit_interval(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 < x < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return x
+
+
+def _smoothing(text: str) -> float:
+    """argparse type: 0 (off) or a number strictly between 0 and 1."""
+    return 0.0 if text.strip() in ("0", "0.0") else _unit_interval(text)
+
+
 def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
     """Register ``neo train`` on an ``argparse`` sub-parser collection."""
     p = subparsers.add_parser("train", help=HELP, parents=list(parents), description=__doc__,
@@ -142,6 +158,11 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ())
     p.add_argument("--pack-length", type=_positive_int, metavar="N",
                    help="with --packing: tokens per packed row (default --max-length; about 2-3x a typical "
                         "example is cheapest)")
+    p.add_argument("--average-decay", type=_unit_interval, metavar="D",
+                   help="instruct: validate, keep and save an exponential moving average of the weights (decay "
+                        "per step, e.g. 0.999)")
+    p.add_argument("--sid-smoothing", type=_smoothing, default=0.0, metavar="EPS",
+                   help="instruct: label smoothing kept inside each target code's band (default 0: off)")
     p.add_argument("--lora", action="store_true", help="instruct with LoRA adapters (needs peft) instead of full "
                                                        "fine-tuning")
     p.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps (default 500)")
@@ -235,7 +256,8 @@ def run(a: argparse.Namespace) -> int:
     if "instruct" in stages:
         split = _load_split(a, system.catalog)
         res = instruct(system.model, system.tokenizer, tb.instruction(split, window=a.window), lora=a.lora,
-                       epochs=a.epochs or 20.0, validation=_validation(system, split, a), **common)
+                       epochs=a.epochs or 20.0, validation=_validation(system, split, a),
+                       average_decay=a.average_decay, sid_smoothing=a.sid_smoothing, vocab=system.vocab, **common)
         system.model = res.model
     if int(os.environ.get("RANK", "0")) == 0:
         system.save(os.path.join(a.output, "system"))

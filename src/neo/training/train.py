@@ -43,7 +43,9 @@ its budget still finishes its decay), warmup of at most one epoch,
 AdamW(0.9, 0.95), gradient clipping 1.0, completion-only loss (prompt and context tokens labelled
 ``-100``; stage 0 trains on every token), optional packing (several examples per row with
 restarting ``position_ids`` and no padding mask, so transformers builds a block-diagonal causal mask
-and examples never attend to each other), checkpointing (``output_dir`` + ``save_steps``) and exact
+and examples never attend to each other; ``pack_length`` sets the row length), optional weight averaging
+for ``instruct`` (``average_decay``: validation, early stopping and the returned model use an exponential
+moving average of the weights) and SID-band label smoothing (``sid_smoothing``), checkpointing (``output_dir`` + ``save_steps``) and exact
 resume (``resume_from_checkpoint``), a time budget (``max_minutes``: the stage stops at the next
 step after it, keeping the best weights when it validates), and progress a person can read: one
 ``tqdm`` bar per stage with loss, learning rate and tokens/s, and one line per validation. They

@@ -1,7 +1,13 @@
 """SID-band smoothing: the loss equals a dense soft-target cross-entropy; bad input raises."""
-import numpy as np, pytest, torch
+
+from __future__ import annotations
+
+import pytest
+import torch
+
 from neo.core.layout import TokenLayout
 from neo.training.train import SidBandSmoothing
+
 
 def test_sid_band_smoothing_matches_a_dense_soft_target():
     lay = TokenLayout.contiguous(20, {"movie": [4, 3], "tag": [5]})
@@ -35,6 +41,7 @@ def test_sid_band_smoothing_matches_a_dense_soft_target():
     assert len(terms) == 9  # 3 of them code labels
     torch.testing.assert_close(got_mean, ref.mean(), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(got_sum, ref.sum() / 3, rtol=1e-9, atol=1e-9)
+
 
 def test_sid_band_smoothing_rejects_bad_input():
     lay = TokenLayout.contiguous(20, {"movie": [4]})

@@ -129,6 +129,9 @@ def test_pack_length_sets_the_row_length_and_keeps_the_loss(llama):
     for bad in (0, -3, True):
         with pytest.raises(ValueError, match="pack_length"):
             T.instruct(copy.deepcopy(start), tok, ex, packing=True, pack_length=bad, **kw)
+    # a row length alone turns packing on
+    assert T._pack_length(False, 64, 512) == 64 and T._pack_length(True, None, 512) == 512
+    assert T._pack_length(False, None, 512) is None
 
 
 def test_instruct_with_sid_band_smoothing(llama):
@@ -156,7 +159,7 @@ def test_weight_average_follows_the_formula_and_swaps_back():
     m = torch.nn.Linear(3, 2)
     m.bias.requires_grad_(False)  # only trainable weights are averaged
     wa = T.WeightAverage(m, 0.5)
-    ref, steps = None, []
+    ref = None
     for n in range(1, 6):
         with torch.no_grad():
             m.weight.add_(torch.randn_like(m.weight))
@@ -168,7 +171,6 @@ def test_weight_average_follows_the_formula_and_swaps_back():
         else:
             d = min(0.5, (1 + n) / (10 + n))
             ref = d * ref + (1 - d) * w
-        steps.append(w)
     torch.testing.assert_close(wa.average[0], ref)
     own_w, own_b = m.weight.detach().clone(), m.bias.detach().clone()
     with wa.applied():

@@ -48,15 +48,15 @@ class DemoConfig:
     pass over every training position plus the other tasks in proportion to ``task_weights``), with
     early stopping on validation NDCG@10 (``valid_users`` validation targets, ``patience``) and a time
     budget: ``max_minutes`` for all training stages together. ``instruct_lr`` is 2e-3, above the library's
-    from-scratch default of 1e-3, because the demo stops at its time budget before 1e-3 has converged: on an
-    idle 2-core machine (2 threads, 7 minutes) validation NDCG@10 reached 0.071 with 2e-3 and 0.061 with 1e-3
-    (``benchmarks/results/rec.md``). ``pack_length``: each batch's examples are packed into rows of that
+    from-scratch default of 1e-3, chosen while the demo still stopped at its time budget (before packing):
+    on an idle 2-core machine (2 threads, 7 minutes) validation NDCG@10 reached 0.071 with 2e-3 and 0.061
+    with 1e-3 (``benchmarks/results/rec.md``). ``pack_length``: each batch's examples are packed into rows of that
     many tokens (exact; None pads every example to the batch's longest instead): the task mix's lengths
     (rec windows ~90 tokens, text tasks up to ~250) padded 46% of every batch, and packing into rows of
     192 tokens ran 1.5-1.8x the steps in the same time. ``average_decay``: validation, early stopping and
     the saved model use an exponential moving average of the weights (about the last 500 steps, 3-4
     epochs), which evens out the epoch-to-epoch swings of a small model trained at a high learning rate
-    (validation NDCG@10 rose steadily to 0.071 instead of jumping between 0.06 and 0.07).
+    (validation NDCG@10 rose steadily to 0.071-0.075 instead of jumping between 0.05 and 0.07).
     ``sid_smoothing`` (label smoothing inside each code band) is off: it cost test NDCG@10 and SID
     validity here. Measured runs of each: ``benchmarks/results/rec.md``.
     """

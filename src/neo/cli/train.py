@@ -114,7 +114,12 @@ def _unit_interval(text: str) -> float:
 
 def _smoothing(text: str) -> float:
     """argparse type: 0 (off) or a number strictly between 0 and 1."""
-    return 0.0 if text.strip() in ("0", "0.0") else _unit_interval(text)
+    try:
+        if float(text) == 0.0:
+            return 0.0
+    except ValueError:
+        pass  # _unit_interval words the error
+    return _unit_interval(text)
 
 
 def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
@@ -156,8 +161,8 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ())
     p.add_argument("--max-length", type=int, default=512, help="truncate examples to this many tokens (default 512)")
     p.add_argument("--packing", action="store_true", help="pack several examples per row (exact, no padding)")
     p.add_argument("--pack-length", type=_positive_int, metavar="N",
-                   help="with --packing: tokens per packed row (default --max-length; about 2-3x a typical "
-                        "example is cheapest)")
+                   help="pack into rows of N tokens (implies --packing; default --max-length; about 2-3x a "
+                        "typical example is cheapest)")
     p.add_argument("--average-decay", type=_unit_interval, metavar="D",
                    help="instruct: validate, keep and save an exponential moving average of the weights (decay "
                         "per step, e.g. 0.999)")

@@ -1133,12 +1133,13 @@ def _run(model: Any, tokenizer: Any, dataset: Any, *, stage: str, output_dir: st
 
 
 def _pack_length(packing: bool, pack_length: int | None, max_length: int) -> int | None:
-    """Row length for the collator: None without packing, else ``pack_length`` or ``max_length``."""
-    if pack_length is not None and (isinstance(pack_length, bool) or int(pack_length) < 1):
-        raise ValueError(f"pack_length must be a positive number of tokens, got {pack_length!r}")
-    if not packing:
-        return None
-    return int(pack_length) if pack_length is not None else int(max_length)
+    """Row length for the collator: ``pack_length`` when given (it turns packing on), else ``max_length``
+    with ``packing``, else None (padded batches)."""
+    if pack_length is not None:
+        if isinstance(pack_length, bool) or int(pack_length) < 1:
+            raise ValueError(f"pack_length must be a positive number of tokens, got {pack_length!r}")
+        return int(pack_length)
+    return int(max_length) if packing else None
 
 
 def _dataset(examples: Any, tokenizer: Any, *, weights: Mapping[str, float] | None, num_examples: int | None,
@@ -1193,8 +1194,8 @@ def align(model: Any, tokenizer: Any, vocab: Any, examples: Sequence[Example] | 
     max_length, packing : sequence length and optional packing (each batch's examples packed into
         rows of ``pack_length`` tokens, exact: attention stays within each example).
     pack_length : int, optional
-        Row length when packing (default ``max_length``; a row is never shorter than the batch's
-        longest example). About two to three times the typical example length wastes little on
+        Row length when packing (giving it turns packing on; default ``max_length``; a row is never
+        shorter than the batch's longest example). About two to three times the typical example length wastes little on
         padding without paying for long attention rows.
     weights : task mixing weights (see :func:`mix_tasks`).
     logging_steps, save_steps : loss logged / checkpoint saved every so many optimiser steps.

@@ -87,7 +87,7 @@ def test_train_help_names_neo_train():
     assert "python -m neo.train" not in r.stdout
 
 
-@pytest.mark.parametrize("option,value,says", [("--pack-length", "0", "must be >= 1"),
+@pytest.mark.parametrize("option,value,says", [("--pack-length", "0", "must be a whole number >= 1"),
                                                 ("--average-decay", "1.5", "between 0 and 1"),
                                                 ("--sid-smoothing", "x", "between 0 and 1")])
 def test_train_refuses_bad_numbers_at_parse_time(option, value, says):

@@ -26,7 +26,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ._data_args import add_interaction_args
 
@@ -90,36 +90,23 @@ def _train_parser_class(base: type) -> type:
     return TrainParser
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of tokens, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
+def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse ``type`` that converts and range-checks a value, naming what was expected."""
+    def parse(text: str) -> Any:
+        try:
+            x = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(x):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text}")
+        return x
+
+    return parse
 
 
-def _unit_interval(text: str) -> float:
-    """argparse type: a number strictly between 0 and 1."""
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 < x < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return x
-
-
-def _smoothing(text: str) -> float:
-    """argparse type: 0 (off) or a number strictly between 0 and 1."""
-    try:
-        if float(text) == 0.0:
-            return 0.0
-    except ValueError:
-        pass  # _unit_interval words the error
-    return _unit_interval(text)
+_positive_int = _checked(int, lambda n: n >= 1, "a whole number >= 1")
+_unit_interval = _checked(float, lambda x: 0.0 < x < 1.0, "a number between 0 and 1 (exclusive)")
+_smoothing = _checked(float, lambda x: x == 0.0 or 0.0 < x < 1.0, "0 (off) or a number between 0 and 1 (exclusive)")
 
 
 def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:

@@ -43,22 +43,23 @@ class DemoConfig:
     no item).
 
     Training: a small model trained from scratch (``stage0_steps`` of text; ``arch``/``hidden``/
-    ``layers``/``dropout``), ``align_steps`` of alignment (0 skips the stage), then the task mixture
-    led by the every-position ``recommend`` task for up to ``instruct_epochs`` epochs (an epoch = one
-    pass over every training position plus the other tasks in proportion to ``task_weights``), with
-    early stopping on validation NDCG@10 (``valid_users`` validation targets, ``patience``) and a time
-    budget: ``max_minutes`` for all training stages together. ``instruct_lr`` is 2e-3, above the library's
-    from-scratch default of 1e-3, chosen while the demo still stopped at its time budget (before packing):
-    on an idle 2-core machine (2 threads, 7 minutes) validation NDCG@10 reached 0.071 with 2e-3 and 0.061
-    with 1e-3 (``benchmarks/results/rec.md``). ``pack_length``: each batch's examples are packed into rows of that
-    many tokens (exact; None pads every example to the batch's longest instead): the task mix's lengths
-    (rec windows ~90 tokens, text tasks up to ~250) padded 46% of every batch, and packing into rows of
-    192 tokens ran 1.5-1.8x the steps in the same time. ``average_decay``: validation, early stopping and
-    the saved model use an exponential moving average of the weights (about the last 500 steps, 3-4
-    epochs), which evens out the epoch-to-epoch swings of a small model trained at a high learning rate
-    (validation NDCG@10 rose steadily to 0.071-0.075 instead of jumping between 0.05 and 0.07).
-    ``sid_smoothing`` (label smoothing inside each code band) is off: it cost test NDCG@10 and SID
-    validity here. Measured runs of each: ``benchmarks/results/rec.md``.
+    ``layers``/``dropout``), ``align_steps`` of alignment (0 skips the stage), then the task mixture led by
+    the every-position ``recommend`` task for up to ``instruct_epochs`` epochs (an epoch = one pass over every
+    training position plus the other tasks in proportion to ``task_weights``), with early stopping on
+    validation NDCG@10 (``valid_users`` validation targets, ``patience``) and a time budget: ``max_minutes``
+    for all training stages together. ``instruct_lr`` is 2e-3, above the library's from-scratch default of
+    1e-3, chosen while the demo still stopped at its time budget (before packing): on an idle 2-core machine
+    (2 threads, 7 minutes) validation NDCG@10 reached 0.071 with 2e-3 and 0.061 with 1e-3
+    (``benchmarks/results/rec.md``). ``pack_length``: each batch's examples are packed into rows of that many
+    tokens (exact; None pads every example to the batch's longest instead): the task mix's lengths (rec
+    windows ~90 tokens, text tasks up to ~250) padded 46% of every batch, and packing into rows of 192 tokens
+    ran 1.5-1.8x the steps in the same time. ``average_decay``: validation, early stopping and the saved model
+    use an exponential moving average of the weights (with the warm start of
+    :class:`~neo.training.train.WeightAverage`, about the last ninth of the steps so far: some 500 steps, 3-4
+    epochs, where the demo's validation peaks), which evens out the epoch-to-epoch swings of a small model
+    trained at a high learning rate (validation NDCG@10 rose steadily to 0.071-0.075 instead of jumping
+    between 0.05 and 0.07). ``sid_smoothing`` (label smoothing inside each code band) is off: it cost test
+    NDCG@10 and SID validity here. Measured runs of each: ``benchmarks/results/rec.md``.
     """
 
     max_movies: int = 1000

@@ -37,20 +37,19 @@ instruct   lr 1e-4, warmup 3%,     lr 1e-3, warmup 5% (at most an epoch), no wei
                                    model; see ``benchmarks/results/rec.md``)
 =========  ======================  ==========================================================
 
-All stages use a cosine schedule decaying to 10% of the peak (``cosine_with_min_lr``; with a time
-budget the decay is re-aimed every 25 steps at the step where the budget will end, so a stage cut by
-its budget still finishes its decay), warmup of at most one epoch,
-AdamW(0.9, 0.95), gradient clipping 1.0, completion-only loss (prompt and context tokens labelled
-``-100``; stage 0 trains on every token), optional packing (several examples per row with
-restarting ``position_ids`` and no padding mask, so transformers builds a block-diagonal causal mask
-and examples never attend to each other; ``pack_length`` sets the row length), optional weight averaging
-for ``instruct`` (``average_decay``: validation, early stopping and the returned model use an exponential
-moving average of the weights) and SID-band label smoothing (``sid_smoothing``), checkpointing (``output_dir`` + ``save_steps``) and exact
-resume (``resume_from_checkpoint``), a time budget (``max_minutes``: the stage stops at the next
-step after it, keeping the best weights when it validates), and progress a person can read: one
-``tqdm`` bar per stage with loss, learning rate and tokens/s, and one line per validation. They
-return a :class:`TrainResult` with the loss history, validation history, tokens/s and the share of
-tokens that carried loss.
+All stages use a cosine schedule decaying to 10% of the peak (``cosine_with_min_lr``; with a time budget the
+decay is re-aimed every 25 steps at the step where the budget will end, so a stage cut by its budget still
+finishes its decay), warmup of at most one epoch, AdamW(0.9, 0.95), gradient clipping 1.0, completion-only
+loss (prompt and context tokens labelled ``-100``; stage 0 trains on every token), optional packing (several
+examples per row with restarting ``position_ids`` and no padding mask, so transformers builds a block-diagonal
+causal mask and examples never attend to each other; ``pack_length`` sets the row length), optional weight
+averaging for ``instruct`` (``average_decay``: validation, early stopping and the returned model use an
+exponential moving average of the weights) and SID-band label smoothing (``sid_smoothing``), checkpointing
+(``output_dir`` + ``save_steps``) and exact resume (``resume_from_checkpoint``), a time budget
+(``max_minutes``: the stage stops at the next step after it, keeping the best weights when it validates), and
+progress a person can read: one ``tqdm`` bar per stage with loss, learning rate and tokens/s, and one line per
+validation. They return a :class:`TrainResult` with the loss history, validation history, tokens/s and the
+share of tokens that carried loss.
 
 Scaling out: the functions only build a ``Trainer``, so the usual launchers work unchanged; the
 command is ``neo train`` (:mod:`neo.cli.train`), which also takes any ``TrainingArguments`` field::
@@ -689,7 +688,10 @@ class WeightAverage:
     """An exponential moving average of a model's trainable weights (Polyak averaging).
 
     After every optimiser step ``avg <- d * avg + (1 - d) * w`` with ``d = min(decay, (1 + n) / (10 + n))``
-    at update ``n`` (the usual warm start, so the first steps do not drag in the initial weights).
+    at update ``n`` (the usual warm start, so the first steps do not drag in the initial weights): until
+    update ``~9 / (1 - decay)`` the average spans roughly the last ``n / 9`` steps (a ninth of the run so
+    far), after that about the last ``1 / (1 - decay)``. Decays of 0.998 and 0.999 therefore differ only
+    in runs longer than about 4,500 steps.
     The average is kept in the parameters' dtype and device; it is not part of HF checkpoints, so a
     resumed run starts its average at the resumed weights.
 

@@ -281,7 +281,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                    batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed, progress=a.progress,
                    logging_steps=20, max_length=a.max_length, validation=validation,
                    max_minutes=a.max_minutes - (time.perf_counter() - t_train) / 60 if a.max_minutes else None,
-                   packing=a.packing or a.pack_length is not None, pack_length=a.pack_length,
+                   packing=a.packing, pack_length=a.pack_length,
                    training_args={"label_smoothing_factor": a.label_smoothing} if a.label_smoothing else None,
                    sid_smoothing=a.sid_smoothing, vocab=system.vocab, average_decay=a.average_decay)
     system.model = res.model.eval()

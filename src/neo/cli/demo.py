@@ -432,7 +432,7 @@ def run_demo(config: DemoConfig = FULL, *, out_dir: str | os.PathLike = "neo-dem
     r2 = instruct(system.model, system.tokenizer, {k: pools[k] for k in weights}, weights=weights,
                   num_examples=per_epoch, epochs=cfg.instruct_epochs, batch_size=cfg.batch_size,
                   lr=cfg.instruct_lr if not model_path else None, seed=cfg.seed, progress=progress,
-                  logging_steps=10, max_length=512, packing=cfg.pack_length is not None, pack_length=cfg.pack_length,
+                  logging_steps=10, max_length=512, pack_length=cfg.pack_length,  # None: padded batches
                   sid_smoothing=cfg.sid_smoothing, vocab=system.vocab, average_decay=cfg.average_decay,
                   validation=validation, max_minutes=minutes_left())
     system.model = r2.model

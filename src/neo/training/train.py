@@ -546,9 +546,10 @@ class SidBandSmoothing:
         if logits.shape[-1] < self.end:
             raise ValueError(f"logits have {logits.shape[-1]} columns but the SID block ends at {self.end}: "
                              "the model was not adapted to this vocabulary")
-        lab = labels[..., 1:].reshape(-1).to(logits.device)
+        # shift the labels, not the logits (as HF's causal-LM loss does): slicing the logits would copy all of them
+        lab = torch.nn.functional.pad(labels.to(logits.device), (0, 1), value=-100)[..., 1:].reshape(-1)
         keep = lab != -100
-        x = logits[..., :-1, :].reshape(-1, logits.shape[-1])[keep]  # (N, V), labelled positions only
+        x = logits.reshape(-1, logits.shape[-1])[keep]  # (N, V), labelled positions only
         if x.dtype not in (torch.float32, torch.float64):
             x = x.float()  # bf16 / fp16 logits: the loss in float32, as HF's cross-entropy does
         y = lab[keep]

@@ -173,6 +173,22 @@ def balanced_sids(cat: Any, emb: np.ndarray, seed: int) -> Any:
                        catalog_fingerprint=cat.fingerprint(), report=report, catalog=cat)
 
 
+def add_residual_dropout(model: Any, p: float) -> None:
+    """Benchmark-local: SASRec/GPT-2-style dropout on a Llama backbone's token embeddings and on the output
+    of every attention and MLP branch before it joins the residual stream (forward hooks, active only in
+    training mode; Llama's config has attention dropout only)."""
+    import torch.nn.functional as F
+
+    def hook(mod: Any, _inp: Any, out: Any) -> Any:
+        return F.dropout(out, p, mod.training)
+
+    inner = model.model
+    inner.embed_tokens.register_forward_hook(hook)
+    for layer in inner.layers:
+        layer.self_attn.o_proj.register_forward_hook(hook)
+        layer.mlp.down_proj.register_forward_hook(hook)
+
+
 def embeddings(a: argparse.Namespace, ds: Any, split: Any, seqs: dict[str, np.ndarray]) -> Any:
     """Item vectors for the SIDs, from the training part only (``seqs``: training sequences with side
     events before each user's validation target)."""
@@ -182,6 +198,26 @@ def embeddings(a: argparse.Namespace, ds: Any, split: Any, seqs: dict[str, np.nd
         return cooccurrence_embeddings(ds, split.train)
     kind = {"tfidf": "text"}.get(a.embedding, a.embedding)
     return sid_embeddings(ds.catalog, list(seqs.values()), kind=kind, seed=a.seed, cf_weight=a.cf_weight)
+
+
+def fused_topk_fn(systems: list[Any], target_type: str | None, num_beams: int, window: int) -> Any:
+    """Benchmark-local ensemble of neo systems (each with its own SIDs): every system's constrained beam
+    search proposes ``num_beams`` items with their probabilities; items are ranked by the mean probability
+    over systems (an item outside a system's beams counts 0 there). History items are excluded by each
+    search, as in :func:`neo.evaluation.neo_topk_fn` (the protocol caps the history at ``window``)."""
+    from neo.lm.prompts import Prompt
+
+    def fn(histories: list[np.ndarray], k: int) -> list[list[int]]:
+        prompts = [Prompt(task="recommend", target_types=target_type, history=[int(x) for x in h[-window:]], k=1)
+                   for h in histories]
+        total = [dict() for _ in histories]
+        for s in systems:
+            for acc, r in zip(total, s.topk_items(prompts, k=max(k, num_beams), num_beams=max(k, num_beams))):
+                for it in r:
+                    acc[it.row] = acc.get(it.row, 0.0) + float(np.exp(it.score)) / len(systems)
+        return [sorted(acc, key=acc.get, reverse=True)[:k] for acc in total]
+
+    return fn
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -221,79 +257,98 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         seqs = {ds.interactions.user_ids[u]: s for u, s in enumerate(split.train)}
     seqs = {u: s for u, s in seqs.items() if len(s)}
 
-    # ---- SIDs
-    t0 = time.perf_counter()
-    kw: dict[str, Any] = {"balance": a.balance} if a.balance else {}
-    if a.sid_builder == "balanced-local":
-        sids = balanced_sids(cat, embeddings(a, ds, split, seqs), a.seed)
-        out["sids"] = {"report": dict(sids.report), "seconds": time.perf_counter() - t0}
-    else:
-        sids = build_sids(cat, embeddings(a, ds, split, seqs), levels=a.levels,
-                          codebook_size=a.codebook_size if len(a.codebook_size) > 1 else a.codebook_size[0],
-                          seed=a.seed, **kw)
-        out["sids"] = {"report": json.loads(sids.report.to_json()), "seconds": time.perf_counter() - t0}
-    print(sids.report if a.sid_builder == "neo" else f"balanced SIDs {dict(sids.report)}", flush=True)
+    def train_neo(a: argparse.Namespace, out: dict[str, Any]) -> Any:
+        """SIDs, model and training for one seed (``a.seed``); fills ``out`` and returns the system."""
+        # ---- SIDs
+        t0 = time.perf_counter()
+        kw: dict[str, Any] = {"balance": a.balance} if a.balance else {}
+        if a.sid_builder == "balanced-local":
+            sids = balanced_sids(cat, embeddings(a, ds, split, seqs), a.seed)
+            out["sids"] = {"report": dict(sids.report), "seconds": time.perf_counter() - t0}
+        else:
+            sids = build_sids(cat, embeddings(a, ds, split, seqs), levels=a.levels,
+                              codebook_size=a.codebook_size if len(a.codebook_size) > 1 else a.codebook_size[0],
+                              seed=a.seed, **kw)
+            out["sids"] = {"report": json.loads(sids.report.to_json()), "seconds": time.perf_counter() - t0}
+        print(sids.report if a.sid_builder == "neo" else f"balanced SIDs {dict(sids.report)}", flush=True)
 
-    # ---- model
-    t_train = time.perf_counter()
-    corpus = stage0_corpus(cat, seed=a.seed)
-    mk = {"arch": a.arch, "heads": a.heads, "dropout": a.dropout}
-    if a.stage0_steps:
-        model, tok, r0 = stage0(texts=corpus, vocab_size=a.vocab_size, hidden=a.hidden, layers=a.layers,
-                                max_steps=a.stage0_steps, batch_size=16, seed=a.seed, progress=a.progress,
-                                model_kwargs=mk)
-        out["stage0"] = {"steps": r0.global_step, "tokens_per_s": r0.tokens_per_s}
-    else:
-        tok = train_tokenizer(corpus, vocab_size=a.vocab_size)
-        model = small_model(tok, hidden=a.hidden, layers=a.layers, seed=a.seed, **mk)
-    system = NeoSystem.build(model, tok, cat, sids)
-    tb = TaskBuilder(PromptBuilder(system.tokenizer, system.vocab, system.index, cat), cat, seed=a.seed,
-                     max_history=a.window)
-    tasks = ["recommend"] + (["search", "describe_user", "recommend_mixed", "recommend_explain", "explain"]
-                             if a.mix else [])
-    pools = tb.instruction(seqs, tasks=tasks, window=a.window, max_per_user=4, search_examples=len(cat),
-                           rec_types=a.rec_types, stride=a.stride)
-    if a.rec_task == "sampled":  # ablation: one target position per example (the pre-sequence design)
-        pools["recommend"] = tb.recommend(seqs, k=1, max_per_user=a.max_per_user)
-    if a.split_rec_types and a.rec_task == "sequences":
-        by = {}
-        for w in pools["recommend"].windows:
-            key = "recommend" if (w.target_types or [None])[0] in (None, ds.target_type) else \
-                f"recommend_{w.target_types[0]}"
-            by.setdefault(key, []).append(w)
-        from neo.training.tasks import RecSequences
+        # ---- model
+        t_train = time.perf_counter()
+        corpus = stage0_corpus(cat, seed=a.seed)
+        mk = {"arch": a.arch, "heads": a.heads, "dropout": a.dropout, "intermediate": a.intermediate}
+        if a.stage0_steps:
+            model, tok, r0 = stage0(texts=corpus, vocab_size=a.vocab_size, hidden=a.hidden, layers=a.layers,
+                                    max_steps=a.stage0_steps, batch_size=16, seed=a.seed, progress=a.progress,
+                                    model_kwargs=mk)
+            out["stage0"] = {"steps": r0.global_step, "tokens_per_s": r0.tokens_per_s}
+        else:
+            tok = train_tokenizer(corpus, vocab_size=a.vocab_size)
+            model = small_model(tok, hidden=a.hidden, layers=a.layers, seed=a.seed, **mk)
+        if a.resid_dropout:
+            add_residual_dropout(model, a.resid_dropout)
+        system = NeoSystem.build(model, tok, cat, sids)
+        tb = TaskBuilder(PromptBuilder(system.tokenizer, system.vocab, system.index, cat), cat, seed=a.seed,
+                         max_history=a.window)
+        tasks = ["recommend"] + (["search", "describe_user", "recommend_mixed", "recommend_explain", "explain"]
+                                 if a.mix else [])
+        pools = tb.instruction(seqs, tasks=tasks, window=a.window, max_per_user=4, search_examples=len(cat),
+                               rec_types=a.rec_types, stride=a.stride)
+        if a.rec_task == "sampled":  # ablation: one target position per example (the pre-sequence design)
+            pools["recommend"] = tb.recommend(seqs, k=1, max_per_user=a.max_per_user)
+        if a.split_rec_types and a.rec_task == "sequences":
+            by = {}
+            for w in pools["recommend"].windows:
+                key = "recommend" if (w.target_types or [None])[0] in (None, ds.target_type) else \
+                    f"recommend_{w.target_types[0]}"
+                by.setdefault(key, []).append(w)
+            from neo.training.tasks import RecSequences
 
-        rec = {k: RecSequences(tb, v) for k, v in by.items()}
-        pools = {**{k: v for k, v in pools.items() if k != "recommend"}, **rec}
-    weights = {"recommend": 1.0}
-    for t in pools:
-        if t != "recommend":
-            weights[t] = a.other_weight if not t.startswith("recommend_") or t in (
-                "recommend_mixed", "recommend_explain") else a.type_weight
-    n_rec = len(pools["recommend"])
-    per_epoch = int(round(n_rec * sum(weights.values()) / weights["recommend"]))
-    fn = neo_validation_fn(system, valid, target_type=ds.target_type, num_beams=a.valid_beams, max_history=a.window)
-    validation = Validation(fn, metric="ndcg@10", every_epochs=a.valid_every, patience=a.patience) \
-        if a.valid_users else None
-    pool_sizes = {k: len(v) for k, v in pools.items()}
-    print(f"pools {pool_sizes}, {per_epoch} examples per epoch", flush=True)
-    res = instruct(system.model, system.tokenizer, pools, weights=weights, num_examples=per_epoch, epochs=a.epochs,
-                   batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed, progress=a.progress,
-                   logging_steps=20, max_length=a.max_length, validation=validation,
-                   max_minutes=a.max_minutes - (time.perf_counter() - t_train) / 60 if a.max_minutes else None,
-                   packing=a.packing, pack_length=a.pack_length,
-                   training_args={"label_smoothing_factor": a.label_smoothing} if a.label_smoothing else None,
-                   sid_smoothing=a.sid_smoothing, vocab=system.vocab, average_decay=a.average_decay)
-    system.model = res.model.eval()
-    train_s = time.perf_counter() - t_train
-    out["neo_training"] = {"seconds": train_s, "steps": res.global_step, "stop_reason": res.stop_reason,
-                           "tokens": res.tokens, "loss_tokens": res.loss_tokens, "tokens_per_s": res.tokens_per_s,
-                           "loss_token_share": res.loss_token_share, "best": res.best,
-                           "eval_history": res.eval_history, "pools": pool_sizes, "weights": weights,
-                           "examples_per_epoch": per_epoch, "loss_first": res.losses[0] if res.losses else None,
-                           "loss_last": res.losses[-1] if res.losses else None}
-    print(f"neo trained {train_s:.0f} s, {res.global_step} steps ({res.stop_reason}), {res.tokens_per_s:,.0f} tok/s, "
-          f"loss tokens {res.loss_token_share:.0%}, best {res.best}", flush=True)
+            rec = {k: RecSequences(tb, v) for k, v in by.items()}
+            pools = {**{k: v for k, v in pools.items() if k != "recommend"}, **rec}
+        weights = {"recommend": 1.0}
+        for t in pools:
+            if t != "recommend":
+                weights[t] = a.other_weight if not t.startswith("recommend_") or t in (
+                    "recommend_mixed", "recommend_explain") else a.type_weight
+        n_rec = len(pools["recommend"])
+        per_epoch = int(round(n_rec * sum(weights.values()) / weights["recommend"]))
+        fn = neo_validation_fn(system, valid, target_type=ds.target_type, num_beams=a.valid_beams, max_history=a.window)
+        validation = Validation(fn, metric="ndcg@10", every_epochs=a.valid_every, patience=a.patience) \
+            if a.valid_users else None
+        pool_sizes = {k: len(v) for k, v in pools.items()}
+        print(f"pools {pool_sizes}, {per_epoch} examples per epoch", flush=True)
+        res = instruct(system.model, system.tokenizer, pools, weights=weights, num_examples=per_epoch, epochs=a.epochs,
+                       batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed, progress=a.progress,
+                       logging_steps=20, max_length=a.max_length, validation=validation,
+                       max_minutes=a.max_minutes - (time.perf_counter() - t_train) / 60 if a.max_minutes else None,
+                       packing=a.packing, pack_length=a.pack_length,
+                       training_args={"label_smoothing_factor": a.label_smoothing} if a.label_smoothing else None,
+                       sid_smoothing=a.sid_smoothing, vocab=system.vocab, average_decay=a.average_decay)
+        system.model = res.model.eval()
+        train_s = time.perf_counter() - t_train
+        if validation is not None:  # the returned weights must be the kept ones: validate them once more
+            out["valid_returned_model"] = fn(system.model)
+            print(f"returned model on validation: {out['valid_returned_model']}", flush=True)
+        out["neo_training"] = {"seconds": train_s, "steps": res.global_step, "stop_reason": res.stop_reason,
+                               "tokens": res.tokens, "loss_tokens": res.loss_tokens, "tokens_per_s": res.tokens_per_s,
+                               "loss_token_share": res.loss_token_share, "best": res.best,
+                               "eval_history": res.eval_history, "pools": pool_sizes, "weights": weights,
+                               "examples_per_epoch": per_epoch, "loss_first": res.losses[0] if res.losses else None,
+                               "loss_last": res.losses[-1] if res.losses else None}
+        print(f"neo trained {train_s:.0f} s, {res.global_step} steps ({res.stop_reason}), {res.tokens_per_s:,.0f} tok/s, "
+              f"loss tokens {res.loss_token_share:.0%}, best {res.best}", flush=True)
+        return system
+
+    members = []
+    for j in range(a.ensemble):
+        a_j = argparse.Namespace(**{**vars(a), "seed": a.seed + j,
+                                    "max_minutes": a.max_minutes / a.ensemble if a.max_minutes else None})
+        o_j = out if a.ensemble == 1 else {}
+        members.append(train_neo(a_j, o_j))
+        if a.ensemble > 1:
+            out.setdefault("ensemble", []).append({"seed": a_j.seed, **o_j})
+    system = members[0]
+    out["neo_training_seconds"] = time.perf_counter() - t_all
 
     # ---- test (read once)
     table: dict[str, dict[str, float]] = {}
@@ -302,14 +357,15 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     table["popularity"] = evaluate_scorer(pop.score, test, candidates=cand)
     t0 = time.perf_counter()
     neo_lists: list[list[int]] = []
-    nfn = neo_topk_fn(system, target_type=ds.target_type, num_beams=a.num_beams, max_history=a.window)
+    nfn = neo_topk_fn(system, target_type=ds.target_type, num_beams=a.num_beams, max_history=a.window) \
+        if a.ensemble == 1 else fused_topk_fn(members, ds.target_type, a.num_beams, a.window)
 
     def rec(hs: list[np.ndarray], k: int) -> list[list[int]]:
         got = nfn(hs, k)
         neo_lists.extend(got)
         return got
 
-    table["neo"] = evaluate_topk(rec, test, batch_size=32)
+    table["neo" if a.ensemble == 1 else f"neo ensemble of {a.ensemble}"] = evaluate_topk(rec, test, batch_size=32)
     out["neo_test_seconds"] = time.perf_counter() - t0
     top1 = {"neo": len({x[0] for x in neo_lists if x})}
     if a.sasrec_epochs:
@@ -326,6 +382,18 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             s[i, h[h != test.targets[i]]] = -np.inf
         top1["SASRec (full CE)"] = len(set(np.argmax(s, 1).tolist()))
         out["sasrec_history"] = sas.history
+        if a.ensemble > 1:  # the same ensemble for SASRec (seeds seed+1, ...), ranked by mean softmax probability
+            sases = [sas] + [SASRec(split.n_items, seed=a.seed + j).fit(split.train, epochs=a.sasrec_epochs,
+                                                                        valid=split.valid, progress=a.progress)
+                             for j in range(1, a.ensemble)]
+
+            def mean_prob(hs: list[np.ndarray]) -> np.ndarray:
+                ps = [torch.softmax(torch.as_tensor(np.asarray(m.score(hs), dtype=np.float32)), -1).numpy()
+                      for m in sases]
+                return np.mean(ps, axis=0)
+
+            table[f"SASRec ensemble of {a.ensemble}"] = evaluate_scorer(mean_prob, test, candidates=cand)
+            out["sasrec_ensemble_seconds"] = time.perf_counter() - t0
     out["test"] = table
     out["top1_distinct"] = top1
     out["total_seconds"] = time.perf_counter() - t_all
@@ -357,7 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--intermediate", type=int, help="MLP width (default 4 x hidden)")
     ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--resid-dropout", type=float, default=0.0,
+                    help="Llama: dropout on embeddings and on each attention / MLP branch output (forward hooks)")
     ap.add_argument("--vocab-size", type=int, default=1000, help="text vocabulary of the tokenizer trained here")
     ap.add_argument("--stage0-steps", type=int, default=0)
     ap.add_argument("--lr", type=float)
@@ -391,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sasrec-epochs", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ensemble", type=int, default=1,
+                    help="train this many neo systems (seeds seed, seed+1, ...: own SIDs, init and order), each with "
+                         "max-minutes / ensemble, and rank by their mean item probability")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args(argv)

@@ -348,6 +348,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         if a.ensemble > 1:
             out.setdefault("ensemble", []).append({"seed": a_j.seed, **o_j})
     system = members[0]
+    if a.save:
+        system.save(a.save)
     out["neo_training_seconds"] = time.perf_counter() - t_all
 
     # ---- test (read once)
@@ -467,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                          "max-minutes / ensemble, and rank by their mean item probability")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--save", help="save the (first) trained neo system to this directory (NeoSystem.save)")
     a = ap.parse_args(argv)
     res = run(a)
     if a.json:

@@ -189,25 +189,6 @@ def add_residual_dropout(model: Any, p: float) -> None:
         layer.mlp.down_proj.register_forward_hook(hook)
 
 
-def with_item_level(cat: Any, sids: Any, mode: str) -> Any:
-    """SIDs whose last level is the item itself: one token per item (its own input and output row).
-
-    ``replace``: the first ``L - 1`` codes stay (shared, semantic), the last becomes a code unique to
-    the item (codebook size = items of the type), so the final softmax has a row per item, as
-    SASRec's has. ``append``: all ``L`` codes stay and the item code follows them. Every item type.
-    """
-    from neo.items.sids import SemanticIds
-    codes = {}
-    for t in cat.type_names:
-        rows = cat.rows_of_type(t)
-        c = np.empty((rows.size, sids.levels(t)), dtype=np.int64)
-        pos = np.searchsorted(rows, sids.rows[t])  # rows_of_type is sorted: catalog row -> row within the type
-        c[pos] = sids.codes[t]
-        base = c[:, :-1] if mode == "replace" else c
-        codes[t] = np.concatenate([base, np.arange(rows.size, dtype=np.int64)[:, None]], axis=1)
-    return SemanticIds.from_codes(cat, codes, warn_collision_rate=None)
-
-
 def embeddings(a: argparse.Namespace, ds: Any, split: Any, seqs: dict[str, np.ndarray]) -> Any:
     """Item vectors for the SIDs, from the training part only (``seqs``: training sequences with side
     events before each user's validation target)."""
@@ -291,7 +272,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             out["sids"] = {"report": json.loads(sids.report.to_json()), "seconds": time.perf_counter() - t0}
         print(sids.report if a.sid_builder == "neo" else f"balanced SIDs {dict(sids.report)}", flush=True)
         if a.item_level != "none":
-            sids = with_item_level(cat, sids, a.item_level)
+            sids = sids.with_item_level(a.item_level)  # library since 2026-12-03; same codes as the local version
             out["sids"]["item_level"] = {"mode": a.item_level, "codebook_sizes": {
                 t: list(sids.codebook_sizes[t]) for t in sids.type_names}}
             print(f"item level ({a.item_level}): codebook sizes {out['sids']['item_level']['codebook_sizes']}",

@@ -319,7 +319,9 @@ def test_sid_methods(method, tmp_path, capsys):
                                                          for k, (a, b, c) in given.items()}))
         spec = f"codes:{tmp_path / 'codes.json'}"
     out = tmp_path / "sys"
-    assert main(["build", "--catalog", cp, "--interactions", ip, "--sids", spec, "--output", str(out), *TINY]) == 0
+    extra = ["--item-level", "append"] if method == "codes" else []  # the user's codes, then one per movie
+    assert main(["build", "--catalog", cp, "--interactions", ip, "--sids", spec, "--output", str(out), *extra,
+                 *TINY]) == 0
     rep = json.loads((out / "neo" / "build_report.json").read_text())
     assert rep["sids"]["method"] == method and rep["sids"]["unreachable"] == 0
     system = NeoSystem.load(out)
@@ -328,6 +330,8 @@ def test_sid_methods(method, tmp_path, capsys):
         rows = system.catalog.rows_of_type("movie")
         want = np.asarray([given[system.catalog.ids[r]] for r in rows])
         np.testing.assert_array_equal(system.sids.codes["movie"][:, :3], want)  # the user's codes, as given
+        np.testing.assert_array_equal(system.sids.codes["movie"][:, 3], np.arange(N_MOVIES))  # --item-level append
+        assert system.sids.levels("movie") == 4 and system.sids.config["item_level"]["mode"] == "append"
         assert rep["sids"]["embeddings"]["types_from_embeddings"] == ["tag"]
     else:
         assert rep["sids"]["embeddings"]["types"]["movie"]["source"] == method

@@ -520,3 +520,67 @@ def test_from_codes_for_some_types_builds_the_rest(two_types):
     # tags built from their own rows of the embeddings: planted tag clusters share first codes
     lab = labels[s.rows["tag"]]
     assert all(np.unique(s.codes["tag"][lab == k, 0]).size == 1 for k in np.unique(lab))
+
+
+# ============================================================================ item level
+
+
+def test_item_level_replace_and_append(two_types, tmp_path):
+    cat, x, _ = two_types
+    built = build_sids(cat, x, levels=2, codebook_size=4)  # 16 leaves for 200 movies: a disambiguation level
+    assert built.extra_level["movie"] and built.levels("movie") == 3
+    before = {t: built.codes[t].copy() for t in cat.type_names}
+    rep = built.with_item_level("replace")
+    app = built.with_item_level("append")
+    for t in cat.type_names:
+        n = cat.rows_of_type(t).size
+        np.testing.assert_array_equal(built.codes[t], before[t])  # the original is unchanged
+        # replace: first base code, then the item; append: both base codes, then the item
+        np.testing.assert_array_equal(rep.codes[t], np.c_[before[t][:, :1], np.arange(n)])
+        np.testing.assert_array_equal(app.codes[t], np.c_[before[t][:, :2], np.arange(n)])
+        assert rep.codebook_sizes[t] == (4, n) and app.codebook_sizes[t] == (4, 4, n)
+        for s in (rep, app):
+            assert not s.extra_level[t] and s.reachable[t].all()
+            np.testing.assert_array_equal(s.rows[t], built.rows[t])
+            np.testing.assert_array_equal(s.resolve(t, s.codes[t]), s.rows[t])  # every item its own SID
+            assert s.report["types"][t]["collisions"]["collision_rate"] == 0
+        assert len(rep.codebooks[t]) == 1 and len(app.codebooks[t]) == 2
+        np.testing.assert_array_equal(rep.codebooks[t][0], built.codebooks[t][0])
+    assert rep.config["item_level"] == {"mode": "replace", "types": ["movie", "tag"]}
+    rep.save(tmp_path / "s")
+    back = SemanticIds.load(tmp_path / "s")
+    np.testing.assert_array_equal(back.codes["movie"], rep.codes["movie"])
+    assert back.config["item_level"]["mode"] == "replace" and back.codebook_sizes == rep.codebook_sizes
+
+
+def test_item_level_for_some_types_and_popular_policy():
+    pop = np.array([5.0, 9.0, 1.0, 7.0, 3.0, 2.0, 4.0, 8.0])
+    cat = make_catalog(["a"] * 6 + ["b"] * 2, popularity=pop)
+    codes = {"a": np.array([[0, 1], [0, 1], [0, 1], [2, 0], [2, 0], [1, 1]]), "b": np.array([[0, 0], [0, 0]])}
+    s = SemanticIds.from_codes(cat, codes, collisions="popular", warn_collision_rate=None)
+    assert not s.reachable["a"].all() and not s.reachable["b"].all()
+    only_a = s.with_item_level("replace", types=["a"])
+    assert only_a.reachable["a"].all()  # an item code reaches the items that lost a collision
+    np.testing.assert_array_equal(only_a.codes["a"][:, 1], np.arange(6))
+    np.testing.assert_array_equal(only_a.codes["b"], s.codes["b"])  # untouched: same codes, same loser
+    np.testing.assert_array_equal(only_a.reachable["b"], s.reachable["b"])
+    assert only_a.config["item_level"]["types"] == ["a"]
+
+
+def test_item_level_bad_input_is_named(two_types, monkeypatch):
+    import neo.items.sids as sids_mod
+
+    cat, x, _ = two_types
+    built = build_sids(cat, x, levels=2, codebook_size=16)
+    with pytest.raises(ValueError, match=r"unknown item level mode 'prepend'; use one of \('replace', 'append'\)"):
+        built.with_item_level("prepend")
+    with pytest.raises(ValueError, match=r"unknown item type\(s\) \['song'\]"):
+        built.with_item_level("replace", types=["song"])
+    monkeypatch.setattr(sids_mod, "MAX_CODEBOOK", 100)
+    with pytest.raises(ValueError, match=r"at most 100 per level; type\(s\) \{'movie': 200\} have more items"):
+        built.with_item_level("append")
+    assert built.with_item_level("append", types=["tag"]).codebook_sizes["tag"] == (16, 16, 60)
+    monkeypatch.undo()
+    built.catalog = None
+    with pytest.raises(ValueError, match="needs the SIDs' catalog"):
+        built.with_item_level()

@@ -54,6 +54,9 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ())
     s.add_argument("--collisions", choices=["extra_level", "popular"], default="extra_level",
                    help="items sharing codes: 'extra_level' adds a level so every item is reachable (default); "
                         "'popular' keeps the most popular one")
+    s.add_argument("--item-level", choices=["replace", "append"],
+                   help="give every item its own last SID level (one token per item, its own input and output row): "
+                        "'replace' the last code with it, or 'append' it (default: plain SIDs)")
     m = p.add_argument_group("model")
     m.add_argument("--model", metavar="PATH",
                    help="a local pre-trained Hugging Face causal LM directory (never downloaded); default: a small "
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     cfg = BuildConfig(sids=args.sids, embedder=args.embedder, cf_method=args.cf_method, cf_dim=args.cf_dim,
                       cf_weight=args.cf_weight, levels=args.levels, codebook_size=args.codebook_size,
-                      balance=args.balance, collisions=args.collisions, model=args.model,
+                      balance=args.balance, collisions=args.collisions, item_level=args.item_level, model=args.model,
                       vocab_size=args.vocab_size, hidden=args.hidden, layers=args.layers,
                       stage0_steps=args.stage0_steps, batch_size=args.batch_size, init=args.init,
                       holdout=args.holdout, seed=args.seed)

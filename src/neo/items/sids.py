@@ -45,10 +45,12 @@ from ..core.layout import TokenLayout
 if TYPE_CHECKING:  # pragma: no cover
     from .embeddings import Embedder
 
-__all__ = ["SemanticIds", "SidReport", "SidCollisionWarning", "build_sids", "default_sid_config", "COLLISION_POLICIES"]
+__all__ = ["SemanticIds", "SidReport", "SidCollisionWarning", "build_sids", "default_sid_config", "COLLISION_POLICIES",
+           "ITEM_LEVEL_MODES"]
 
 SIDS_FORMAT_VERSION = 1
 COLLISION_POLICIES = ("extra_level", "popular")
+ITEM_LEVEL_MODES = ("replace", "append")
 MAX_CODEBOOK = 65536  # TokenLayout's per-level limit
 
 
@@ -1117,6 +1119,77 @@ class SemanticIds:
                    extra_level=extra_out, collisions=collisions, n_items=len(catalog),
                    catalog_fingerprint=catalog.fingerprint(), codebooks=books_out, report=report, config=config,
                    catalog=catalog)
+
+    def with_item_level(self, mode: str = "replace", types: Sequence[str] | None = None) -> "SemanticIds":
+        """These SIDs with a last level unique to each item: the item's own token.
+
+        The shared, semantic levels let the model generalise across similar items; the item level
+        gives every item its own input and output row, as an ID-based recommender (SASRec) has. On
+        ml-100k and ml-latest-small the 2-level collaborative SIDs with the last level replaced
+        this way ranked better than the plain ones (``benchmarks/results/rec.md``, section 2d).
+        It adds one token per item, so it suits types up to tens of thousands of items, not 10M.
+
+        Parameters
+        ----------
+        mode : {"replace", "append"}
+            ``replace``: the first ``L - 1`` base codes stay and the item code takes the last
+            level's place (same SID length). ``append``: all base codes stay and the item code
+            follows them (one token longer). Either way a disambiguation level (``extra_level``)
+            is dropped, since the item code already tells the items apart.
+        types : sequence of str, optional
+            Item types to change (default: every type with items); the others keep their SIDs.
+
+        Returns
+        -------
+        SemanticIds
+            New SIDs (this object is unchanged): codes ``int32[N_t, L']`` whose last level is the
+            item's index within its type (catalog row order), codebook size ``N_t`` there, every
+            item reachable; the codebooks of the kept levels and the report of the new codes.
+
+        Raises
+        ------
+        ValueError
+            Unknown ``mode`` or type, a type with more than 65,536 items (the per-level limit of
+            the token layout), or SIDs without their catalog.
+        """
+        if mode not in ITEM_LEVEL_MODES:
+            raise ValueError(f"unknown item level mode {mode!r}; use one of {ITEM_LEVEL_MODES}")
+        if self.catalog is None:
+            raise ValueError("with_item_level needs the SIDs' catalog: load them with SemanticIds.load(dir, catalog)")
+        chosen = [t for t in self.type_names if self.codes[t].shape[0]] if types is None else \
+            [str(t) for t in ([types] if isinstance(types, str) else types)]
+        if bad := [t for t in chosen if t not in self.type_names]:
+            raise ValueError(f"types names unknown item type(s) {bad}; the SIDs' types are {self.type_names}")
+        if big := {t: int(self.codes[t].shape[0]) for t in chosen if self.codes[t].shape[0] > MAX_CODEBOOK}:
+            raise ValueError(f"an item level gives every item its own code, at most {MAX_CODEBOOK} per level; "
+                             f"type(s) {big} have more items: keep their plain SIDs (types=...)")
+        codes: dict[str, np.ndarray] = {}
+        sizes: dict[str, list[int]] = {}
+        for t in self.type_names:
+            base_levels = self.levels(t) - int(self.extra_level[t])
+            base = self.codes[t][:, :base_levels].astype(np.int64)
+            sizes[t] = list(self.codebook_sizes[t][:base_levels])
+            if t in chosen:
+                keep = base_levels - 1 if mode == "replace" else base_levels
+                n = base.shape[0]
+                codes[t] = np.concatenate([base[:, :keep], np.arange(n, dtype=np.int64)[:, None]], axis=1)
+                sizes[t] = sizes[t][:keep] + [max(1, n)]
+            else:
+                codes[t] = base  # from_codes re-applies the collision policy to the base codes
+        out = SemanticIds.from_codes(self.catalog, codes, codebook_size=sizes, collisions=self.collisions,
+                                     warn_collision_rate=None)
+        for t in self.type_names:
+            if t in chosen:
+                keep = self.levels(t) - int(self.extra_level[t]) - (1 if mode == "replace" else 0)
+                out.codebooks[t] = [c.copy() for c in self.codebooks[t][:keep]]
+                was = self.report.get("types", {}).get(t, {}).get("source", "residual k-means")
+                out.report["types"][t]["source"] = f"item level ({mode}) over {was}"
+            else:
+                out.codebooks[t] = [c.copy() for c in self.codebooks[t]]
+                if t in self.report.get("types", {}):
+                    out.report["types"][t] = self.report["types"][t]
+        out.config = {**self.config, "item_level": {"mode": mode, "types": chosen}}
+        return out
 
     def _check_catalog(self, catalog: Catalog) -> None:
         if catalog.fingerprint() == self.catalog_fingerprint:

@@ -75,6 +75,9 @@ class BuildConfig:
         the mean size within its prefix; ``None``: standard k-means.
     collisions : {"extra_level", "popular"}
         What happens to items that share codes (see :func:`neo.items.sids.build_sids`).
+    item_level : {"replace", "append"}, optional
+        Give every item its own last SID level (:meth:`neo.items.sids.SemanticIds.with_item_level`):
+        ``replace`` the last code with it, or ``append`` it; one SID token per item. ``None``: plain SIDs.
     model : str, optional
         A local Hugging Face causal LM directory; ``None`` trains a small one from scratch.
     vocab_size, hidden, layers, stage0_steps, batch_size, lr
@@ -98,6 +101,7 @@ class BuildConfig:
     codebook_size: int | None = None
     balance: float | None = None
     collisions: str = "extra_level"
+    item_level: str | None = None
     model: str | None = None
     vocab_size: int = 4000
     hidden: int = 128
@@ -336,6 +340,8 @@ def build_system(catalog: Any, interactions: Any = None, output_dir: str | os.Pa
                                    "downloads models", str(cfg.model))
     if cfg.collisions not in ("extra_level", "popular"):
         raise BuildError(f"--collisions {cfg.collisions!r}: use extra_level or popular")
+    if cfg.item_level not in (None, "replace", "append"):
+        raise BuildError(f"--item-level {cfg.item_level!r}: use replace or append")
     if cfg.holdout < 0:
         raise BuildError(f"--holdout {cfg.holdout}: give 0 or more items per user")
     if kind in ("cf", "hybrid") and interactions is None:
@@ -455,6 +461,8 @@ def build_system(catalog: Any, interactions: Any = None, output_dir: str | os.Pa
             sids = _user_step(lambda: build_sids(cat, emb, levels=cfg.levels, codebook_size=cfg.codebook_size,
                                                  collisions=cfg.collisions, seed=cfg.seed, balance=cfg.balance),
                               "--levels/--codebook-size/--balance")
+        if cfg.item_level is not None:
+            sids = _user_step(lambda: sids.with_item_level(cfg.item_level), "--item-level")
     sid_summary = _sid_summary(sids)
     for t, s in sid_summary["types"].items():
         say(f"   {t}: {s['levels']} levels {'x'.join(map(str, s['codebook_sizes']))}, collision rate "

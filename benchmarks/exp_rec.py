@@ -272,7 +272,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             out["sids"] = {"report": json.loads(sids.report.to_json()), "seconds": time.perf_counter() - t0}
         print(sids.report if a.sid_builder == "neo" else f"balanced SIDs {dict(sids.report)}", flush=True)
         if a.item_level != "none":
-            sids = sids.with_item_level(a.item_level)  # library since 2026-12-03; same codes as the local version
+            sids = sids.with_item_level(a.item_level)
             out["sids"]["item_level"] = {"mode": a.item_level, "codebook_sizes": {
                 t: list(sids.codebook_sizes[t]) for t in sids.type_names}}
             print(f"item level ({a.item_level}): codebook sizes {out['sids']['item_level']['codebook_sizes']}",

@@ -1166,23 +1166,23 @@ class SemanticIds:
                              f"type(s) {big} have more items: keep their plain SIDs (types=...)")
         codes: dict[str, np.ndarray] = {}
         sizes: dict[str, list[int]] = {}
+        keep: dict[str, int] = {}  # base levels kept in front of the item code
         for t in self.type_names:
             base_levels = self.levels(t) - int(self.extra_level[t])
             base = self.codes[t][:, :base_levels].astype(np.int64)
             sizes[t] = list(self.codebook_sizes[t][:base_levels])
             if t in chosen:
-                keep = base_levels - 1 if mode == "replace" else base_levels
+                keep[t] = base_levels - 1 if mode == "replace" else base_levels
                 n = base.shape[0]
-                codes[t] = np.concatenate([base[:, :keep], np.arange(n, dtype=np.int64)[:, None]], axis=1)
-                sizes[t] = sizes[t][:keep] + [max(1, n)]
+                codes[t] = np.concatenate([base[:, :keep[t]], np.arange(n, dtype=np.int64)[:, None]], axis=1)
+                sizes[t] = sizes[t][:keep[t]] + [max(1, n)]
             else:
                 codes[t] = base  # from_codes re-applies the collision policy to the base codes
         out = SemanticIds.from_codes(self.catalog, codes, codebook_size=sizes, collisions=self.collisions,
                                      warn_collision_rate=None)
         for t in self.type_names:
             if t in chosen:
-                keep = self.levels(t) - int(self.extra_level[t]) - (1 if mode == "replace" else 0)
-                out.codebooks[t] = [c.copy() for c in self.codebooks[t][:keep]]
+                out.codebooks[t] = [c.copy() for c in self.codebooks[t][:keep[t]]]
                 was = self.report.get("types", {}).get(t, {}).get("source", "residual k-means")
                 out.report["types"][t]["source"] = f"item level ({mode}) over {was}"
             else:
